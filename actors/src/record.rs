@@ -1,0 +1,37 @@
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A place in a source that a partition can resume from: a Kafka offset, a byte offset
+/// in a file, a generator sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Where a record came from: what a dead letter needs to point back at it and what the
+/// checkpoint needs to know when it is done.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The source batch this record belongs to, in its partition's [`crate::CheckpointTracker`].
+    pub ack: u64,
+    /// The record's own coordinates in the source.
+    pub position: Position,
+    /// The original bytes, untouched.
+    pub payload: Bytes,
+    /// When the source read it; the end-to-end latency is measured from here.
+    pub read_at: Instant,
+}
+
+/// Any record that can be traced back to its origin.
+pub trait Traced {
+    fn origin(&self) -> &Origin;
+}
+
+impl Traced for Origin {
+    fn origin(&self) -> &Origin {
+        self
+    }
+}

@@ -1,0 +1,119 @@
+use std::future::Future;
+
+use crate::dead_letter::{DeadLetter, ReasonCode};
+use crate::record::{Origin, Position, Traced};
+
+/// What a stage produced from one batch: records for the next stage, and records it
+/// rejected, which go to the dead letter.
+pub struct Output<T> {
+    pub items: Vec<T>,
+    pub dead: Vec<DeadLetter>,
+}
+
+impl<T> Output<T> {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Output {
+            items: Vec::with_capacity(capacity),
+            dead: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, item: T) {
+        self.items.push(item);
+    }
+
+    pub fn reject(
+        &mut self,
+        stage: &'static str,
+        origin: &Origin,
+        reason: ReasonCode,
+        message: impl Into<String>,
+    ) {
+        self.dead.push(DeadLetter {
+            stage,
+            reason,
+            message: message.into(),
+            origin: origin.clone(),
+        });
+    }
+}
+
+/// How a stage failed, classified by what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// An outside service failed; the supervisor restarts the stage with backoff and the
+    /// batch is tried again.
+    #[error("{service} unavailable: {message}")]
+    Unavailable {
+        service: &'static str,
+        message: String,
+    },
+    /// Our own bug or a broken invariant; the stage is restarted.
+    #[error("{0}")]
+    Internal(String),
+    /// Nothing can be done: the partition pipeline stops and reports it.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl StageError {
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        StageError::Internal(message.to_string())
+    }
+}
+
+/// How a stage, or a whole partition pipeline, ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Still running.
+    Running,
+    /// The input ended and everything was delivered.
+    Success,
+    /// Stopped on request, after draining what was in flight.
+    Stopped,
+    /// Failed past its restart budget, or fatally.
+    Failed(String),
+}
+
+/// A stage between the source and the end of the pipeline: decode, enrich, infer, or a
+/// sink (whose `Out` is `()`).
+pub trait Stage: Send + 'static {
+    type In: Traced + Send + Sync + 'static;
+    type Out: Send + 'static;
+
+    fn name(&self) -> &'static str;
+
+    /// Handles one batch. Records that cannot be processed go to `out.dead` with their
+    /// reason; an `Err` means the stage itself failed and the batch will be tried again by
+    /// a fresh instance of the stage.
+    fn handle(
+        &mut self,
+        batch: &[Self::In],
+        out: &mut Output<Self::Out>,
+    ) -> impl Future<Output = Result<(), StageError>> + Send;
+
+    /// Called once when the input has ended, before the stage's outputs are closed.
+    fn finish(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What a source read: records, and the position to resume from once they are all done.
+pub struct SourceBatch<T> {
+    pub items: Vec<T>,
+    pub end: Position,
+}
+
+/// The first stage of a partition pipeline.
+pub trait Source: Send + 'static {
+    type Out: Send + 'static;
+
+    fn name(&self) -> &'static str;
+
+    /// The next batch; `Ok(None)` when a bounded source is exhausted. The source opens each
+    /// batch in the partition's [`crate::CheckpointTracker`] and stamps its records with
+    /// the batch's sequence number.
+    fn next_batch(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Vec<Self::Out>>, StageError>> + Send;
+}

@@ -1,0 +1,1 @@
+//! Coordinator: the Raft group that assigns partitions to executors.
