@@ -6,7 +6,9 @@ use crate::record::Origin;
 
 /// Why a record went to the dead letter. One code per kind of fault, so that an operator
 /// can count and replay them by kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// The payload is larger than the pipeline's `limits.max_payload_bytes`.

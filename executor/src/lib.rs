@@ -1,0 +1,16 @@
+//! The Mirador executor: partition pipelines with their connectors and stages.
+
+pub mod checkpoint_store;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod infer;
+pub mod pipeline;
+pub mod run;
+pub mod sinks;
+pub mod sources;
+pub mod spec;
+
+pub use pipeline::{PartitionFactory, PipelineResources};
+pub use run::{run_pipeline, PipelineRun, RunOptions, RunReport};
+pub use spec::{PipelineSpec, SpecError};

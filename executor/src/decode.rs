@@ -1,0 +1,337 @@
+//! Decode and validate: bytes in, [`Event`]s out, every fault to the dead letter with its
+//! own reason code.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::DateTime;
+use mirador_actors::{Output, ReasonCode, Stage, StageError};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::event::{DecodedRecord, Event, EventType, RawRecord};
+use crate::spec::{DecodeSpec, PayloadFormat};
+
+const STAGE: &str = "decode";
+/// Longest id or label accepted in an event.
+const MAX_FIELD_CHARS: usize = 256;
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: ReasonCode,
+    pub message: String,
+}
+
+fn reject(reason: ReasonCode, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// The decoding rules of one pipeline.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    format: PayloadFormat,
+    max_payload_bytes: usize,
+    max_future_ms: i64,
+    max_age_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    campaign_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(borrow, default)]
+    event_time: Option<Cow<'a, str>>,
+    #[serde(default)]
+    attributes: Option<BTreeMap<String, String>>,
+}
+
+/// The fields of an event before validation, from either payload format.
+struct Fields<'a> {
+    event_id: Option<Cow<'a, str>>,
+    customer_id: Option<Cow<'a, str>>,
+    event_type: Option<Cow<'a, str>>,
+    channel: Option<Cow<'a, str>>,
+    campaign_id: Option<Cow<'a, str>>,
+    product_id: Option<Cow<'a, str>>,
+    value: f64,
+    event_time_ms: Result<i64, Rejection>,
+    attributes: BTreeMap<String, String>,
+}
+
+impl Decoder {
+    pub fn new(spec: &DecodeSpec) -> Self {
+        Decoder {
+            format: spec.format,
+            max_payload_bytes: spec.max_payload_bytes,
+            max_future_ms: spec.max_clock_skew_secs as i64 * 1000,
+            max_age_ms: spec.max_event_age_days as i64 * 86_400_000,
+        }
+    }
+
+    /// Decodes one payload, judged against `now_ms`.
+    pub fn decode(&self, payload: &[u8], now_ms: i64) -> Result<Event, Rejection> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(reject(
+                ReasonCode::OversizedPayload,
+                format!(
+                    "payload of {} bytes or more, the limit is {}",
+                    payload.len(),
+                    self.max_payload_bytes
+                ),
+            ));
+        }
+        let fields = match self.format {
+            PayloadFormat::Json => json_fields(payload)?,
+            PayloadFormat::Protobuf => protobuf_fields(payload)?,
+        };
+        self.validate(fields, now_ms)
+    }
+
+    fn validate(&self, fields: Fields<'_>, now_ms: i64) -> Result<Event, Rejection> {
+        let customer_id = match fields.customer_id {
+            None => return Err(reject(ReasonCode::MissingCustomerId, "no customer_id")),
+            Some(id) if id.trim().is_empty() => {
+                return Err(reject(ReasonCode::EmptyCustomerId, "customer_id is empty"))
+            }
+            Some(id) => id,
+        };
+        let event_id = match fields.event_id {
+            Some(id) if !id.trim().is_empty() => id,
+            _ => return Err(reject(ReasonCode::MissingField, "no event_id")),
+        };
+        let event_type = match fields.event_type {
+            None => return Err(reject(ReasonCode::MissingField, "no event_type")),
+            Some(name) => EventType::parse(&name).ok_or_else(|| {
+                reject(
+                    ReasonCode::UnknownEventType,
+                    format!("unknown event_type {:?}", truncate(&name)),
+                )
+            })?,
+        };
+        for (field, value) in [
+            ("event_id", Some(&event_id)),
+            ("customer_id", Some(&customer_id)),
+            ("channel", fields.channel.as_ref()),
+            ("campaign_id", fields.campaign_id.as_ref()),
+            ("product_id", fields.product_id.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.len() > MAX_FIELD_CHARS) {
+                return Err(reject(
+                    ReasonCode::InvalidValue,
+                    format!("{field} is longer than {MAX_FIELD_CHARS} bytes"),
+                ));
+            }
+        }
+        if !(fields.value.is_finite() && fields.value >= 0.0) {
+            return Err(reject(
+                ReasonCode::InvalidValue,
+                format!("value {} is not a finite number >= 0", fields.value),
+            ));
+        }
+        let event_time = fields.event_time_ms?;
+        if event_time > now_ms + self.max_future_ms {
+            return Err(reject(
+                ReasonCode::TimestampInFuture,
+                format!(
+                    "event_time {} is more than {} s in the future",
+                    crate::event::format_millis(event_time),
+                    self.max_future_ms / 1000
+                ),
+            ));
+        }
+        if event_time < now_ms - self.max_age_ms {
+            return Err(reject(
+                ReasonCode::TimestampTooOld,
+                format!(
+                    "event_time {} is more than {} days old",
+                    crate::event::format_millis(event_time),
+                    self.max_age_ms / 86_400_000
+                ),
+            ));
+        }
+        Ok(Event {
+            event_id: event_id.into_owned(),
+            customer_id: customer_id.into_owned(),
+            event_type,
+            channel: fields.channel.map(Cow::into_owned),
+            campaign_id: fields.campaign_id.map(Cow::into_owned),
+            product_id: fields.product_id.map(Cow::into_owned),
+            value: fields.value,
+            event_time,
+            attributes: fields.attributes,
+        })
+    }
+}
+
+fn truncate(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn json_fields(payload: &[u8]) -> Result<Fields<'_>, Rejection> {
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        reject(
+            ReasonCode::InvalidUtf8,
+            format!("payload is not UTF-8: {e}"),
+        )
+    })?;
+    let first = text.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') {
+        // Either not JSON at all or JSON that is not an object.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => reject(ReasonCode::NotAnObject, "payload is JSON but not an object"),
+            Err(e) => reject(ReasonCode::InvalidJson, format!("invalid JSON: {e}")),
+        });
+    }
+    let event: JsonEvent<'_> = serde_json::from_str(text).map_err(|e| classify_json_error(text, e))?;
+    let event_time_ms = match &event.event_time {
+        None => Err(reject(ReasonCode::MissingField, "no event_time")),
+        Some(time) => DateTime::parse_from_rfc3339(time)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| {
+                reject(
+                    ReasonCode::InvalidTimestamp,
+                    format!("event_time {:?} is not RFC 3339: {e}", truncate(time)),
+                )
+            }),
+    };
+    Ok(Fields {
+        event_id: event.event_id,
+        customer_id: event.customer_id,
+        event_type: event.event_type,
+        channel: event.channel,
+        campaign_id: event.campaign_id,
+        product_id: event.product_id,
+        value: event.value.unwrap_or(0.0),
+        event_time_ms,
+        attributes: event.attributes.unwrap_or_default(),
+    })
+}
+
+/// Turns a serde error into a reason; on this (rare) path the payload is parsed again to
+/// name the field at fault.
+fn classify_json_error(text: &str, error: serde_json::Error) -> Rejection {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Data => {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            let field = match serde_path_to_error::deserialize::<_, JsonEvent<'_>>(&mut deserializer) {
+                Err(e) => e.path().to_string(),
+                Ok(_) => "?".to_string(),
+            };
+            let message = error.to_string();
+            let reason = if message.starts_with("invalid type") {
+                ReasonCode::WrongType
+            } else if message.starts_with("invalid value") {
+                ReasonCode::InvalidValue
+            } else {
+                ReasonCode::InvalidJson
+            };
+            reject(reason, format!("{field}: {message}"))
+        }
+        _ => reject(ReasonCode::InvalidJson, format!("invalid JSON: {error}")),
+    }
+}
+
+fn protobuf_fields(payload: &[u8]) -> Result<Fields<'static>, Rejection> {
+    let event = mirador_proto::records::Event::decode(payload).map_err(|e| {
+        reject(
+            ReasonCode::InvalidProtobuf,
+            format!("payload is not a protobuf Event: {e}"),
+        )
+    })?;
+    let present = |s: String| (!s.is_empty()).then_some(Cow::Owned(s));
+    // proto3 cannot tell an absent string from an empty one: both are "missing" here,
+    // except customer_id, whose emptiness is its own fault.
+    Ok(Fields {
+        event_id: present(event.event_id),
+        customer_id: Some(Cow::Owned(event.customer_id)),
+        event_type: present(event.event_type),
+        channel: present(event.channel),
+        campaign_id: present(event.campaign_id),
+        product_id: present(event.product_id),
+        value: event.value,
+        event_time_ms: if event.event_time_ms == 0 {
+            Err(reject(ReasonCode::MissingField, "no event_time_ms"))
+        } else {
+            Ok(event.event_time_ms)
+        },
+        attributes: event.attributes.into_iter().collect(),
+    })
+}
+
+/// Encodes an event as the protobuf `Event`.
+pub fn to_protobuf(event: &Event) -> Vec<u8> {
+    mirador_proto::records::Event {
+        event_id: event.event_id.clone(),
+        customer_id: event.customer_id.clone(),
+        event_type: event.event_type.as_str().to_string(),
+        channel: event.channel.clone().unwrap_or_default(),
+        campaign_id: event.campaign_id.clone().unwrap_or_default(),
+        product_id: event.product_id.clone().unwrap_or_default(),
+        value: event.value,
+        event_time_ms: event.event_time,
+        attributes: event.attributes.clone().into_iter().collect(),
+    }
+    .encode_to_vec()
+}
+
+/// The decode stage.
+pub struct DecodeStage {
+    decoder: Decoder,
+}
+
+impl DecodeStage {
+    pub fn new(decoder: Decoder) -> Self {
+        DecodeStage { decoder }
+    }
+}
+
+impl Stage for DecodeStage {
+    type In = RawRecord;
+    type Out = DecodedRecord;
+
+    fn name(&self) -> &'static str {
+        STAGE
+    }
+
+    async fn handle(
+        &mut self,
+        batch: &[RawRecord],
+        out: &mut Output<DecodedRecord>,
+    ) -> Result<(), StageError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for record in batch {
+            match self.decoder.decode(&record.origin.payload, now_ms) {
+                Ok(event) => out.push(DecodedRecord {
+                    origin: record.origin.clone(),
+                    event: Arc::new(event),
+                }),
+                Err(rejection) => {
+                    out.reject(STAGE, &record.origin, rejection.reason, rejection.message)
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! Inference: batched forward passes of a TorchScript model through libtorch.
+
+pub mod batcher;
+pub mod model;
+pub mod stage;
+
+pub use batcher::{BatcherClient, BatcherStats, InferenceBatcher, InferencePool};
+pub use model::{ModelError, Scorer, Scores, TorchModel};
+pub use stage::{InferStage, EVENT_FEATURES};

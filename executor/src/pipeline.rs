@@ -1,0 +1,245 @@
+//! Builds the partition pipelines of a spec: source -> decode -> enrich -> infer -> sink,
+//! every stage also linked to the dead letter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use mirador_actors::{
+    link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, SourceRunner,
+    StageError, StageRunner, StageSlot, StageStats,
+};
+
+use crate::decode::{DecodeStage, Decoder};
+use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
+use crate::event::{ModelId, ScoredRecord};
+use crate::infer::{InferStage, InferenceBatcher, InferencePool, EVENT_FEATURES};
+use crate::sinks::{EncodeContext, JsonlFile, LatencyRecorder, ReasonCounts, SinkStage, SinkTarget};
+use crate::sources::{FileSource, GeneratorSource};
+use crate::spec::{PipelineSpec, SinkSpec, SourceSpec};
+
+/// Stage names, in pipeline order.
+pub const STAGES: [&str; 6] = ["source", "decode", "enrich", "infer", "sink", "dead_letter"];
+
+/// What the partitions of one pipeline on a node share: the lookup and its cache, the
+/// model's batcher, the sinks, the latency and dead-letter counters.
+pub struct PipelineResources {
+    pub spec: Arc<PipelineSpec>,
+    pub lookup: Arc<dyn FeatureLookup>,
+    pub cache: FeatureCache,
+    pub defaults: Features,
+    pub batcher: Arc<InferenceBatcher>,
+    pub model: Arc<ModelId>,
+    pub sink: SinkTarget,
+    pub dead_letter: SinkTarget,
+    pub context: EncodeContext,
+    pub latency: Arc<LatencyRecorder>,
+    pub reasons: Arc<ReasonCounts>,
+}
+
+fn sink_target(spec: &SinkSpec, field: &str) -> anyhow::Result<SinkTarget> {
+    Ok(match spec {
+        SinkSpec::File(file) => SinkTarget::File(Arc::new(std::sync::Mutex::new(
+            JsonlFile::open(&file.path)
+                .map_err(|e| anyhow::anyhow!("{field}.file.path: {}: {e}", file.path.display()))?,
+        ))),
+        SinkSpec::Stdout {} => SinkTarget::Stdout,
+        SinkSpec::Null {} => SinkTarget::Null,
+    })
+}
+
+impl PipelineResources {
+    /// Loads the feature table, starts (or joins) the model's batcher, opens the sinks.
+    pub fn build(spec: PipelineSpec, pool: &InferencePool) -> anyhow::Result<Self> {
+        let table = CsvFeatureTable::load(&spec.enrichment.table.path, &spec.enrichment.features)?;
+        tracing::info!(customers = table.len(), "feature table loaded");
+        Self::with_lookup(spec, Arc::new(table), pool)
+    }
+
+    pub fn with_lookup(
+        spec: PipelineSpec,
+        lookup: Arc<dyn FeatureLookup>,
+        pool: &InferencePool,
+    ) -> anyhow::Result<Self> {
+        let enrichment = &spec.enrichment;
+        let defaults: Features = enrichment
+            .features
+            .iter()
+            .map(|name| enrichment.defaults.get(name).copied().unwrap_or(0.0))
+            .collect();
+        let width = EVENT_FEATURES + enrichment.features.len();
+        let batcher = pool.batcher(&spec.model, width)?;
+        Ok(PipelineResources {
+            lookup,
+            cache: FeatureCache::new(
+                enrichment.cache.max_bytes,
+                Duration::from_secs(enrichment.cache.ttl_secs),
+            ),
+            defaults,
+            batcher,
+            model: Arc::new(ModelId {
+                name: spec.model.name.clone(),
+                version: spec.model.version.clone(),
+            }),
+            sink: sink_target(&spec.sink, "sink")?,
+            dead_letter: sink_target(&spec.dead_letter, "dead_letter")?,
+            context: EncodeContext {
+                feature_names: enrichment.features.clone().into(),
+            },
+            latency: Arc::default(),
+            reasons: Arc::default(),
+            spec: Arc::new(spec),
+        })
+    }
+}
+
+/// Builds the generations of one partition.
+pub struct PartitionFactory {
+    resources: Arc<PipelineResources>,
+    partition: u32,
+    max_batch_attempts: u32,
+    /// One per stage, kept across generations so that counts add up.
+    stats: Vec<Arc<StageStats>>,
+}
+
+impl PartitionFactory {
+    pub fn new(resources: Arc<PipelineResources>, partition: u32, max_batch_attempts: u32) -> Self {
+        PartitionFactory {
+            resources,
+            partition,
+            max_batch_attempts,
+            stats: STAGES.iter().map(|_| Arc::default()).collect(),
+        }
+    }
+
+    fn generation(&self, tracker: Arc<CheckpointTracker>) -> Result<Generation, StageError> {
+        let r = &self.resources;
+        let spec = &r.spec;
+        let capacity = spec.batching.link_capacity;
+        let attempts = self.max_batch_attempts;
+        let (source_tx, source_rx) = link(capacity);
+        let (decode_tx, decode_rx) = link(capacity);
+        let (enrich_tx, enrich_rx) = link(capacity);
+        let (infer_tx, infer_rx) = link(capacity);
+        let (dead_tx, dead_rx) = link::<DeadLetter>(capacity);
+
+        let max_payload = spec.decode.max_payload_bytes;
+        let batch = spec.batching.max_records;
+        let source: Box<dyn StageSlot> = match &spec.source {
+            SourceSpec::File(file) => Box::new(SourceRunner::new(
+                FileSource::open(&file.path, batch, max_payload, tracker.clone())?,
+                source_tx,
+                self.stats[0].clone(),
+            )),
+            SourceSpec::Generator(generator) => Box::new(SourceRunner::new(
+                GeneratorSource::new(
+                    generator,
+                    self.partition,
+                    spec.decode.format,
+                    max_payload,
+                    batch,
+                    tracker.clone(),
+                ),
+                source_tx,
+                self.stats[0].clone(),
+            )),
+        };
+
+        let decoder = Decoder::new(&spec.decode);
+        let decode = StageRunner::new(
+            move || Ok(DecodeStage::new(decoder.clone())),
+            source_rx,
+            Some(decode_tx),
+            Some(dead_tx.clone()),
+            self.stats[1].clone(),
+            attempts,
+        )?;
+
+        let resources = r.clone();
+        let enrich = StageRunner::new(
+            move || {
+                let e = &resources.spec.enrichment;
+                Ok(EnrichStage::new(
+                    resources.lookup.clone(),
+                    resources.cache.clone(),
+                    e.on_miss,
+                    resources.defaults.clone(),
+                    Duration::from_millis(e.timeout_ms),
+                    e.retries,
+                ))
+            },
+            decode_rx,
+            Some(enrich_tx),
+            Some(dead_tx.clone()),
+            self.stats[2].clone(),
+            attempts,
+        )?;
+
+        let resources = r.clone();
+        let infer = StageRunner::new(
+            move || Ok(InferStage::new(resources.batcher.client(), resources.model.clone())),
+            enrich_rx,
+            Some(infer_tx),
+            Some(dead_tx.clone()),
+            self.stats[3].clone(),
+            attempts,
+        )?;
+
+        let (resources, t) = (r.clone(), tracker.clone());
+        let sink = StageRunner::new(
+            move || {
+                Ok(SinkStage::<ScoredRecord>::new(
+                    "sink",
+                    resources.sink.clone(),
+                    resources.context.clone(),
+                    t.clone(),
+                    resources.latency.clone(),
+                ))
+            },
+            infer_rx,
+            None,
+            Some(dead_tx),
+            self.stats[4].clone(),
+            attempts,
+        )?;
+
+        let (resources, t) = (r.clone(), tracker);
+        let dead_letter = StageRunner::new(
+            move || {
+                Ok(SinkStage::<DeadLetter>::new(
+                    "dead_letter",
+                    resources.dead_letter.clone(),
+                    resources.context.clone(),
+                    t.clone(),
+                    resources.reasons.clone(),
+                ))
+            },
+            dead_rx,
+            None,
+            None,
+            self.stats[5].clone(),
+            // The dead letter is the last resort: it retries as long as its budget lasts.
+            u32::MAX,
+        )?;
+
+        Ok(Generation {
+            slots: vec![
+                source,
+                Box::new(decode),
+                Box::new(enrich),
+                Box::new(infer),
+                Box::new(sink),
+                Box::new(dead_letter),
+            ],
+        })
+    }
+}
+
+impl GenerationFactory for PartitionFactory {
+    fn build(
+        &self,
+        tracker: Arc<CheckpointTracker>,
+    ) -> BoxFuture<'_, Result<Generation, StageError>> {
+        Box::pin(async move { self.generation(tracker) })
+    }
+}

@@ -1,0 +1,261 @@
+//! Runs a pipeline spec on this node, one partition pipeline per partition, with live
+//! progress and a closing summary.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mirador_actors::{
+    ExitStatus, PipelineArgs, PipelineHandle, PipelineSnapshot, ReasonCode, RestartPolicy,
+};
+use serde::Serialize;
+
+use crate::checkpoint_store::FileCheckpointStore;
+use crate::pipeline::{PartitionFactory, PipelineResources};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Print a progress line this often; `None`: quiet.
+    pub progress: Option<Duration>,
+    pub policy: RestartPolicy,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            progress: None,
+            policy: RestartPolicy::default(),
+        }
+    }
+}
+
+/// How a run went.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub events_in: u64,
+    pub scored: u64,
+    pub dead_lettered: BTreeMap<ReasonCode, u64>,
+    pub elapsed_secs: f64,
+    pub events_per_sec: f64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_max_us: u64,
+    pub stage_restarts: u64,
+    pub generation_restarts: u64,
+    pub peak_rss_mb: f64,
+    pub failures: Vec<String>,
+}
+
+impl RunReport {
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.values().sum()
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The closing summary, for people.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let line = |text: &mut String, key: &str, value: String| {
+            text.push_str(&format!("  {key:<22} {value}\n"));
+        };
+        text.push_str(&format!("pipeline {}\n", self.pipeline));
+        line(&mut text, "events in", self.events_in.to_string());
+        line(&mut text, "scored", self.scored.to_string());
+        line(&mut text, "dead-lettered", self.dead_lettered_total().to_string());
+        for (reason, count) in &self.dead_lettered {
+            line(&mut text, &format!("  {reason}"), count.to_string());
+        }
+        line(&mut text, "elapsed", format!("{:.2} s", self.elapsed_secs));
+        line(&mut text, "throughput", format!("{:.0} events/s", self.events_per_sec));
+        line(
+            &mut text,
+            "latency read->sink",
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                self.latency_p50_us as f64 / 1000.0,
+                self.latency_p99_us as f64 / 1000.0,
+                self.latency_max_us as f64 / 1000.0
+            ),
+        );
+        line(
+            &mut text,
+            "restarts",
+            format!("{} stage, {} generation", self.stage_restarts, self.generation_restarts),
+        );
+        line(&mut text, "peak memory", format!("{:.0} MB", self.peak_rss_mb));
+        for failure in &self.failures {
+            line(&mut text, "FAILED", failure.clone());
+        }
+        text
+    }
+}
+
+/// Peak resident memory of this process, from /proc (0 where there is none).
+pub fn peak_rss_mb() -> f64 {
+    read_status_kb("VmHWM:") as f64 / 1024.0
+}
+
+/// Current resident memory of this process.
+pub fn rss_mb() -> f64 {
+    read_status_kb("VmRSS:") as f64 / 1024.0
+}
+
+fn read_status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The partition pipelines of one spec, running.
+pub struct PipelineRun {
+    resources: Arc<PipelineResources>,
+    handles: Vec<PipelineHandle>,
+    started: Instant,
+}
+
+impl PipelineRun {
+    pub async fn start(resources: Arc<PipelineResources>, options: &RunOptions) -> anyhow::Result<Self> {
+        let spec = resources.spec.clone();
+        let store = Arc::new(FileCheckpointStore::new(&spec.checkpoint.dir, &spec.name).map_err(
+            |e| anyhow::anyhow!("checkpoint.dir: {}: {e}", spec.checkpoint.dir.display()),
+        )?);
+        let policy = RestartPolicy {
+            checkpoint_interval: spec.checkpoint_interval(),
+            ..options.policy.clone()
+        };
+        let mut handles = Vec::new();
+        for partition in 0..spec.partitions() {
+            let factory = PartitionFactory::new(resources.clone(), partition, policy.max_batch_attempts);
+            let handle = PipelineHandle::spawn(PipelineArgs {
+                name: spec.name.clone(),
+                partition,
+                factory: Arc::new(factory),
+                store: store.clone(),
+                policy: policy.clone(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("partition {partition} did not start: {e}"))?;
+            handles.push(handle);
+        }
+        Ok(PipelineRun {
+            resources,
+            handles,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn snapshots(&self) -> Vec<PipelineSnapshot> {
+        self.handles.iter().map(PipelineHandle::snapshot).collect()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handles.iter().all(PipelineHandle::is_finished)
+    }
+
+    /// Stops reading; what is in flight is delivered.
+    pub fn stop(&self) {
+        for handle in &self.handles {
+            handle.stop();
+        }
+    }
+
+    pub fn resources(&self) -> &Arc<PipelineResources> {
+        &self.resources
+    }
+
+    /// One line of live progress.
+    pub fn progress_line(&self, last: &mut (Instant, u64)) -> String {
+        let snapshots = self.snapshots();
+        let events_in: u64 = snapshots.iter().map(|s| s.stages[0].records_out).sum();
+        let scored: u64 = snapshots.iter().map(|s| s.stages[4].records_in).sum();
+        let dead: u64 = self.resources.reasons.snapshot().values().sum();
+        let now = Instant::now();
+        let rate = (events_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
+        *last = (now, events_in);
+        let queues: Vec<String> = (1..6)
+            .map(|i| {
+                let depth: usize = snapshots.iter().map(|s| s.stages[i].queue_depth).sum();
+                let capacity: usize = snapshots.iter().map(|s| s.stages[i].queue_capacity).sum();
+                format!("{} {depth}/{capacity}", snapshots[0].stages[i].name)
+            })
+            .collect();
+        let freshness = snapshots.iter().map(|s| s.oldest_pending_ms).max().unwrap_or(0);
+        format!(
+            "[{:>6.1}s] in {events_in} ({rate:.0}/s)  scored {scored}  dead {dead}  | queues {} | oldest in flight {freshness} ms | rss {:.0} MB",
+            self.started.elapsed().as_secs_f64(),
+            queues.join(", "),
+            rss_mb(),
+        )
+    }
+
+    /// Waits for every partition to end (a bounded source exhausted, or a stop), printing
+    /// progress as asked, and reports.
+    pub async fn wait(self, options: &RunOptions) -> RunReport {
+        let mut last = (Instant::now(), 0);
+        let mut ticker = tokio::time::interval(options.progress.unwrap_or(Duration::from_millis(50)));
+        let mut interrupted = false;
+        while !self.is_finished() {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if options.progress.is_some() {
+                        eprintln!("{}", self.progress_line(&mut last));
+                    }
+                }
+                _ = tokio::signal::ctrl_c(), if !interrupted => {
+                    eprintln!("interrupted: draining what is in flight");
+                    interrupted = true;
+                    self.stop();
+                }
+            }
+        }
+        let elapsed = self.started.elapsed();
+        let snapshots = self.snapshots();
+        let events_in: u64 = snapshots.iter().map(|s| s.stages[0].records_out).sum();
+        let scored: u64 = snapshots.iter().map(|s| s.stages[4].records_in).sum();
+        let stage_restarts = snapshots
+            .iter()
+            .flat_map(|s| s.stages.iter().map(|stage| stage.restarts))
+            .sum();
+        let generation_restarts = snapshots.iter().map(|s| s.generation_restarts).sum();
+        let mut failures = Vec::new();
+        for handle in self.handles {
+            let partition = handle.snapshot().partition;
+            if let ExitStatus::Failed(reason) = handle.wait().await {
+                failures.push(format!("partition {partition}: {reason}"));
+            }
+        }
+        let (p50, p99, max, _) = self.resources.latency.percentiles();
+        RunReport {
+            pipeline: self.resources.spec.name.clone(),
+            events_in,
+            scored,
+            dead_lettered: self.resources.reasons.snapshot(),
+            elapsed_secs: elapsed.as_secs_f64(),
+            events_per_sec: events_in as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency_p50_us: p50,
+            latency_p99_us: p99,
+            latency_max_us: max,
+            stage_restarts,
+            generation_restarts,
+            peak_rss_mb: peak_rss_mb(),
+            failures,
+        }
+    }
+}
+
+/// Runs `resources`' pipeline to its end.
+pub async fn run_pipeline(resources: Arc<PipelineResources>, options: &RunOptions) -> anyhow::Result<RunReport> {
+    let run = PipelineRun::start(resources, options).await?;
+    Ok(run.wait(options).await)
+}

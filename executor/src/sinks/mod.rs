@@ -1,0 +1,172 @@
+//! Sinks: where scored records and dead letters are written. A record is acknowledged to
+//! its partition's checkpoint tracker only after the write that holds it returned.
+
+pub mod file;
+pub mod json;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+use mirador_actors::{CheckpointTracker, Output, ReasonCode, Stage, StageError, Traced};
+
+pub use file::JsonlFile;
+pub use json::{EncodeContext, JsonLine};
+
+use crate::event::ScoredRecord;
+
+/// Where a sink writes.
+#[derive(Clone)]
+pub enum SinkTarget {
+    File(Arc<Mutex<JsonlFile>>),
+    Stdout,
+    /// Counts and drops; for benchmarks.
+    Null,
+}
+
+/// Read-to-sink latency of scored records, in microseconds, shared by all partitions.
+pub struct LatencyRecorder {
+    histogram: Mutex<Histogram<u64>>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        LatencyRecorder {
+            histogram: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
+}
+
+impl LatencyRecorder {
+    pub fn record_batch(&self, micros: impl Iterator<Item = u64>) {
+        let mut histogram = self.histogram.lock().unwrap_or_else(|p| p.into_inner());
+        for value in micros {
+            histogram.saturating_record(value.max(1));
+        }
+    }
+
+    /// (p50, p99, max) in microseconds, and the count.
+    pub fn percentiles(&self) -> (u64, u64, u64, u64) {
+        let histogram = self.histogram.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.99),
+            histogram.max(),
+            histogram.len(),
+        )
+    }
+
+    pub fn reset(&self) {
+        self.histogram.lock().unwrap_or_else(|p| p.into_inner()).reset();
+    }
+}
+
+/// Dead letters counted by reason, shared by all partitions.
+#[derive(Default)]
+pub struct ReasonCounts(Mutex<BTreeMap<ReasonCode, u64>>);
+
+impl ReasonCounts {
+    pub fn add(&self, reasons: impl Iterator<Item = ReasonCode>) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for reason in reasons {
+            *counts.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<ReasonCode, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What a sink observes besides writing: latency for scored records, reasons for dead
+/// letters.
+pub trait SinkObserver<T>: Send + Sync + 'static {
+    fn observe(&self, batch: &[T]);
+}
+
+impl SinkObserver<ScoredRecord> for LatencyRecorder {
+    fn observe(&self, batch: &[ScoredRecord]) {
+        self.record_batch(
+            batch
+                .iter()
+                .map(|r| r.origin.read_at.elapsed().as_micros() as u64),
+        );
+    }
+}
+
+impl SinkObserver<mirador_actors::DeadLetter> for ReasonCounts {
+    fn observe(&self, batch: &[mirador_actors::DeadLetter]) {
+        self.add(batch.iter().map(|d| d.reason));
+    }
+}
+
+/// Writes a batch as JSON lines, then acknowledges its records.
+pub struct SinkStage<T> {
+    name: &'static str,
+    target: SinkTarget,
+    context: EncodeContext,
+    tracker: Arc<CheckpointTracker>,
+    observer: Arc<dyn SinkObserver<T>>,
+    buffer: Vec<u8>,
+}
+
+impl<T> SinkStage<T> {
+    pub fn new(
+        name: &'static str,
+        target: SinkTarget,
+        context: EncodeContext,
+        tracker: Arc<CheckpointTracker>,
+        observer: Arc<dyn SinkObserver<T>>,
+    ) -> Self {
+        SinkStage {
+            name,
+            target,
+            context,
+            tracker,
+            observer,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+impl<T: JsonLine + Traced + Send + Sync + 'static> Stage for SinkStage<T> {
+    type In = T;
+    type Out = ();
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn handle(&mut self, batch: &[T], _out: &mut Output<()>) -> Result<(), StageError> {
+        if !matches!(self.target, SinkTarget::Null) {
+            self.buffer.clear();
+            let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
+            for record in batch {
+                record.write_line(&self.context, &now, &mut self.buffer);
+                self.buffer.push(b'\n');
+            }
+            // One write per batch to the page cache: short enough to do on the runtime.
+            let written = match &self.target {
+                SinkTarget::File(file) => file
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&self.buffer),
+                SinkTarget::Stdout => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&self.buffer).and_then(|()| stdout.flush())
+                }
+                SinkTarget::Null => Ok(()),
+            };
+            written.map_err(|e| StageError::Unavailable {
+                service: "sink",
+                message: format!("{}: {e}", self.name),
+            })?;
+        }
+        self.observer.observe(batch);
+        self.tracker.ack(batch.iter().map(|r| r.origin().ack));
+        Ok(())
+    }
+}

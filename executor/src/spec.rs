@@ -1,0 +1,492 @@
+//! Pipeline specs: what a pipeline reads, how it enriches and scores, where it writes.
+//! Documented in docs/pipeline-spec.md. Parsing rejects unknown fields; [`PipelineSpec::validate`]
+//! checks values without touching the outside world. Every error names its field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A spec error: the field, the bad value, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn value(field: impl Into<String>, value: impl fmt::Debug, rule: &str) -> Self {
+        SpecError::new(field, format!("{value:?} is invalid: {rule}"))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub decode: DecodeSpec,
+    pub enrichment: EnrichmentSpec,
+    pub model: ModelSpec,
+    pub sink: SinkSpec,
+    pub dead_letter: SinkSpec,
+    #[serde(default)]
+    pub batching: BatchingSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SourceSpec {
+    /// A JSONL (or length-less protobuf: one message per line is not possible, so JSON
+    /// only) file, read once; a bounded source.
+    File(FileSourceSpec),
+    /// Synthetic marketing events.
+    Generator(GeneratorSpec),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceSpec {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// Events per partition; absent: unbounded.
+    #[serde(default)]
+    pub events: Option<u64>,
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Distinct customers, drawn with a Zipf distribution.
+    #[serde(default = "default_customers")]
+    pub customers: u64,
+    #[serde(default = "default_zipf")]
+    pub zipf_exponent: f64,
+    /// Share of poison records, 0 to 1.
+    #[serde(default)]
+    pub poison_ratio: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Events per second per partition; absent: as fast as the pipeline takes them.
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
+}
+
+fn default_partitions() -> u32 {
+    1
+}
+fn default_customers() -> u64 {
+    12_000
+}
+fn default_zipf() -> f64 {
+    1.1
+}
+fn default_seed() -> u64 {
+    7
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Protobuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSpec {
+    #[serde(default)]
+    pub format: PayloadFormat,
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// How far in the future an event time may be.
+    #[serde(default = "default_max_skew")]
+    pub max_clock_skew_secs: u64,
+    /// How old an event may be.
+    #[serde(default = "default_max_age")]
+    pub max_event_age_days: u64,
+}
+
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_max_skew() -> u64 {
+    3600
+}
+fn default_max_age() -> u64 {
+    5 * 365
+}
+
+impl Default for DecodeSpec {
+    fn default() -> Self {
+        DecodeSpec {
+            format: PayloadFormat::Json,
+            max_payload_bytes: default_max_payload(),
+            max_clock_skew_secs: default_max_skew(),
+            max_event_age_days: default_max_age(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentSpec {
+    pub table: TableSpec,
+    /// Customer features, in the order the model takes them after the event features.
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub cache: CacheSpec,
+    #[serde(default)]
+    pub on_miss: MissPolicy,
+    /// Values used for unknown customers under `on_miss: default`; absent features are 0.
+    #[serde(default)]
+    pub defaults: BTreeMap<String, f32>,
+    #[serde(default = "default_lookup_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_lookup_retries")]
+    pub retries: u32,
+}
+
+fn default_lookup_timeout() -> u64 {
+    500
+}
+fn default_lookup_retries() -> u32 {
+    3
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// A CSV file with a header; the customer id in the first column.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            max_bytes: default_cache_bytes(),
+            ttl_secs: default_cache_ttl(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MissPolicy {
+    /// Score with the default features.
+    #[default]
+    Default,
+    /// Send the record to the dead letter as `features_not_found`.
+    DeadLetter,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSpec {
+    /// CUDA when there is a GPU, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: String,
+    /// A TorchScript file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub device: DeviceSpec,
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    #[serde(default = "default_max_wait")]
+    pub max_wait_ms: u64,
+    /// libtorch intra-op threads on the CPU.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_max_batch_rows() -> usize {
+    4096
+}
+fn default_max_wait() -> u64 {
+    5
+}
+fn default_threads() -> usize {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SinkSpec {
+    /// JSON lines appended to a file.
+    File(FileSinkSpec),
+    /// JSON lines on standard output.
+    Stdout {},
+    /// Counted and dropped; for benchmarks.
+    Null {},
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkSpec {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSpec {
+    /// Records per source batch.
+    #[serde(default = "default_batch_records")]
+    pub max_records: usize,
+    /// Batches a link between two stages holds.
+    #[serde(default = "default_link_capacity")]
+    pub link_capacity: usize,
+}
+
+fn default_batch_records() -> usize {
+    1024
+}
+fn default_link_capacity() -> usize {
+    4
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        BatchingSpec {
+            max_records: default_batch_records(),
+            link_capacity: default_link_capacity(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    pub dir: PathBuf,
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    1000
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            dir: PathBuf::from("mirador-out/checkpoints"),
+            interval_ms: default_checkpoint_interval(),
+        }
+    }
+}
+
+impl PipelineSpec {
+    /// Parses YAML; unknown fields and wrong types are errors naming the field.
+    pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let spec: PipelineSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "spec".to_string() } else { path };
+            SpecError::new(field, e.into_inner().to_string())
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads a spec file. Relative paths inside it are relative to the working directory,
+    /// like every other path given to `mirador`.
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SpecError::new("pipeline", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Checks every value; does no I/O.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(SpecError::value(
+                "name",
+                &self.name,
+                "1 to 64 characters among letters, digits, '-' and '_'",
+            ));
+        }
+        match &self.source {
+            SourceSpec::File(file) => {
+                non_empty_path("source.file.path", &file.path)?;
+                if self.decode.format == PayloadFormat::Protobuf {
+                    return Err(SpecError::value(
+                        "decode.format",
+                        "protobuf",
+                        "a file source holds JSON lines",
+                    ));
+                }
+            }
+            SourceSpec::Generator(generator) => {
+                if generator.events == Some(0) {
+                    return Err(SpecError::value("source.generator.events", 0, "must be at least 1"));
+                }
+                in_range("source.generator.partitions", generator.partitions, 1, 256)?;
+                in_range("source.generator.customers", generator.customers, 1, 1_000_000_000)?;
+                in_range("source.generator.zipf_exponent", generator.zipf_exponent, 0.0, 10.0)?;
+                if generator.zipf_exponent <= 0.0 {
+                    return Err(SpecError::value(
+                        "source.generator.zipf_exponent",
+                        generator.zipf_exponent,
+                        "must be greater than 0",
+                    ));
+                }
+                in_range("source.generator.poison_ratio", generator.poison_ratio, 0.0, 1.0)?;
+                if let Some(rate) = generator.rate_per_sec {
+                    if !(rate > 0.0 && rate.is_finite()) {
+                        return Err(SpecError::value(
+                            "source.generator.rate_per_sec",
+                            rate,
+                            "must be a positive number",
+                        ));
+                    }
+                }
+            }
+        }
+        in_range("decode.max_payload_bytes", self.decode.max_payload_bytes, 64, 16 << 20)?;
+        in_range("decode.max_clock_skew_secs", self.decode.max_clock_skew_secs, 0, 366 * 86400)?;
+        in_range("decode.max_event_age_days", self.decode.max_event_age_days, 1, 36500)?;
+
+        let enrichment = &self.enrichment;
+        non_empty_path("enrichment.table.path", &enrichment.table.path)?;
+        if enrichment.features.is_empty() {
+            return Err(SpecError::new("enrichment.features", "lists no feature"));
+        }
+        for (i, feature) in enrichment.features.iter().enumerate() {
+            if feature.is_empty() {
+                return Err(SpecError::value(format!("enrichment.features[{i}]"), feature, "empty name"));
+            }
+            if enrichment.features[..i].contains(feature) {
+                return Err(SpecError::value(format!("enrichment.features[{i}]"), feature, "listed twice"));
+            }
+        }
+        for (name, value) in &enrichment.defaults {
+            if !enrichment.features.contains(name) {
+                return Err(SpecError::value(
+                    format!("enrichment.defaults.{name}"),
+                    name,
+                    "not one of enrichment.features",
+                ));
+            }
+            if !value.is_finite() {
+                return Err(SpecError::value(format!("enrichment.defaults.{name}"), value, "must be a finite number"));
+            }
+        }
+        in_range("enrichment.cache.max_bytes", enrichment.cache.max_bytes, 0, 64 << 30)?;
+        in_range("enrichment.cache.ttl_secs", enrichment.cache.ttl_secs, 1, 7 * 86400)?;
+        in_range("enrichment.timeout_ms", enrichment.timeout_ms, 1, 60_000)?;
+        in_range("enrichment.retries", enrichment.retries, 0, 100)?;
+
+        let model = &self.model;
+        if model.name.is_empty() {
+            return Err(SpecError::value("model.name", &model.name, "must not be empty"));
+        }
+        if model.version.is_empty() {
+            return Err(SpecError::value("model.version", &model.version, "must not be empty"));
+        }
+        non_empty_path("model.path", &model.path)?;
+        in_range("model.max_batch_rows", model.max_batch_rows, 1, 1 << 20)?;
+        in_range("model.max_wait_ms", model.max_wait_ms, 0, 10_000)?;
+        in_range("model.threads", model.threads, 1, 256)?;
+
+        for (field, sink) in [("sink", &self.sink), ("dead_letter", &self.dead_letter)] {
+            if let SinkSpec::File(file) = sink {
+                non_empty_path(&format!("{field}.file.path"), &file.path)?;
+            }
+        }
+        if let (SinkSpec::File(a), SinkSpec::File(b)) = (&self.sink, &self.dead_letter) {
+            if a.path == b.path {
+                return Err(SpecError::value(
+                    "dead_letter.file.path",
+                    &b.path,
+                    "must differ from sink.file.path",
+                ));
+            }
+        }
+        in_range("batching.max_records", self.batching.max_records, 1, 1 << 20)?;
+        in_range("batching.link_capacity", self.batching.link_capacity, 1, 1024)?;
+        non_empty_path("checkpoint.dir", &self.checkpoint.dir)?;
+        in_range("checkpoint.interval_ms", self.checkpoint.interval_ms, 10, 3_600_000)?;
+        Ok(())
+    }
+
+    pub fn partitions(&self) -> u32 {
+        match &self.source {
+            SourceSpec::File(_) => 1,
+            SourceSpec::Generator(generator) => generator.partitions,
+        }
+    }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint.interval_ms)
+    }
+}
+
+fn in_range<T: PartialOrd + fmt::Debug + fmt::Display>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), SpecError> {
+    // Written so that NaN fails too.
+    if !(value >= min && value <= max) {
+        return Err(SpecError::value(
+            field,
+            value,
+            &format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}
+
+fn non_empty_path(field: &str, path: &Path) -> Result<(), SpecError> {
+    if path.as_os_str().is_empty() {
+        return Err(SpecError::new(field, "empty path"));
+    }
+    Ok(())
+}
