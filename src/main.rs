@@ -1,1 +1,210 @@
-fn main() {}
+//! The `mirador` command: runs pipelines, the bundled demo and the benchmark.
+
+mod demo;
+
+// Records are allocated on one thread and freed on another at high rates, which glibc's
+// allocator handles poorly.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mirador_executor::bench::{run_bench, BenchOptions};
+use mirador_executor::infer::InferencePool;
+use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "mirador", version, about = "Real-time marketing-intelligence pipelines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bundled demo in one process: generator -> features -> demo model -> files.
+    Dev {
+        /// Stop after this many events (all partitions together); default: until Ctrl-C.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Partitions of the generator.
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Share of poison records, 0 to 1.
+        #[arg(long, default_value_t = 0.01)]
+        poison_ratio: f64,
+        /// Events per second for all partitions together; default: as fast as it goes.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Where the scored records, dead letters and checkpoints go.
+        #[arg(long, default_value = "mirador-out")]
+        out: PathBuf,
+    },
+    /// Run a pipeline spec on this node until its bounded source is exhausted.
+    Run {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the closing report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write synthetic events as JSON lines on stdout, as the generator source makes them.
+    Generate {
+        #[arg(long)]
+        events: u64,
+        #[arg(long, default_value_t = 0.0)]
+        poison_ratio: f64,
+        #[arg(long, default_value_t = 12_000)]
+        customers: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Check a pipeline spec without running it.
+    Check {
+        #[arg(long)]
+        pipeline: PathBuf,
+    },
+    /// Measure the data path end to end and each stage alone.
+    Bench {
+        /// Events of the end-to-end run.
+        #[arg(long, default_value_t = 3_000_000)]
+        events: u64,
+        /// Events each stage is measured on alone.
+        #[arg(long, default_value_t = 500_000)]
+        stage_events: usize,
+        /// Generator partitions of the end-to-end run.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRADOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Cli::parse())) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Dev {
+            events,
+            partitions,
+            poison_ratio,
+            rate,
+            out,
+        } => {
+            let spec = demo::prepare(&out, events, partitions, poison_ratio, rate)?;
+            eprintln!(
+                "mirador dev: {} partitions, poison ratio {poison_ratio}, writing to {}",
+                partitions,
+                out.display()
+            );
+            let pool = InferencePool::default();
+            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool)?);
+            let options = RunOptions {
+                progress: Some(Duration::from_secs(1)),
+                ..RunOptions::default()
+            };
+            let report = run_pipeline(resources, &options).await?;
+            eprint!("{}", report.render());
+            eprintln!(
+                "  scored records in {}, dead letters in {}",
+                out.join("scored.jsonl").display(),
+                out.join("dead-letter.jsonl").display()
+            );
+            Ok(exit_code(report.succeeded()))
+        }
+        Command::Run {
+            pipeline,
+            quiet,
+            json,
+        } => {
+            let spec = PipelineSpec::from_file(&pipeline)?;
+            let pool = InferencePool::default();
+            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool)?);
+            let options = RunOptions {
+                progress: (!quiet).then_some(Duration::from_secs(1)),
+                ..RunOptions::default()
+            };
+            let report = run_pipeline(resources, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            if !quiet {
+                eprint!("{}", report.render());
+            }
+            Ok(exit_code(report.succeeded()))
+        }
+        Command::Generate {
+            events,
+            poison_ratio,
+            customers,
+            seed,
+        } => {
+            demo::generate(events, poison_ratio, customers, seed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { pipeline } => {
+            let spec = PipelineSpec::from_file(&pipeline)?;
+            println!("{}: pipeline {} is valid", pipeline.display(), spec.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            events,
+            stage_events,
+            partitions,
+            json,
+        } => {
+            let scratch = std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
+            let spec = demo::bench_spec(&scratch, partitions)?;
+            let options = BenchOptions {
+                events,
+                stage_events,
+                half_rate_secs: 5.0,
+            };
+            let report = run_bench(spec, &options).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_code(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,5 +1,6 @@
 //! The Mirador executor: partition pipelines with their connectors and stages.
 
+pub mod bench;
 pub mod checkpoint_store;
 pub mod decode;
 pub mod enrich;

@@ -48,13 +48,61 @@ pub struct PipelineSpec {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "SourceFields")]
 pub enum SourceSpec {
-    /// A JSONL (or length-less protobuf: one message per line is not possible, so JSON
-    /// only) file, read once; a bounded source.
+    /// A file of JSON lines, read once: a bounded source.
     File(FileSourceSpec),
     /// Synthetic marketing events.
     Generator(GeneratorSpec),
+}
+
+/// The YAML form of a source: exactly one of its kinds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFields {
+    #[serde(default)]
+    file: Option<FileSourceSpec>,
+    #[serde(default)]
+    generator: Option<GeneratorSpec>,
+}
+
+impl TryFrom<SourceFields> for SourceSpec {
+    type Error = String;
+    fn try_from(fields: SourceFields) -> Result<Self, String> {
+        match (fields.file, fields.generator) {
+            (Some(file), None) => Ok(SourceSpec::File(file)),
+            (None, Some(generator)) => Ok(SourceSpec::Generator(generator)),
+            _ => Err("exactly one of `file` or `generator` is needed".into()),
+        }
+    }
+}
+
+/// The YAML form of a sink: exactly one of its kinds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkFields {
+    #[serde(default)]
+    file: Option<FileSinkSpec>,
+    #[serde(default)]
+    stdout: Option<NoSettings>,
+    #[serde(default)]
+    null: Option<NoSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSettings {}
+
+impl TryFrom<SinkFields> for SinkSpec {
+    type Error = String;
+    fn try_from(fields: SinkFields) -> Result<Self, String> {
+        match (fields.file, fields.stdout, fields.null) {
+            (Some(file), None, None) => Ok(SinkSpec::File(file)),
+            (None, Some(_), None) => Ok(SinkSpec::Stdout {}),
+            (None, None, Some(_)) => Ok(SinkSpec::Null {}),
+            _ => Err("exactly one of `file`, `stdout` or `null` is needed".into()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -250,7 +298,7 @@ fn default_threads() -> usize {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "SinkFields")]
 pub enum SinkSpec {
     /// JSON lines appended to a file.
     File(FileSinkSpec),
