@@ -335,3 +335,131 @@ impl Stage for DecodeStage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::generator::{EventFactory, Poison};
+    use crate::spec::GeneratorSpec;
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    fn decoder(format: PayloadFormat) -> Decoder {
+        Decoder::new(&DecodeSpec {
+            format,
+            max_payload_bytes: 1024,
+            ..DecodeSpec::default()
+        })
+    }
+
+    fn reason(payload: &[u8]) -> ReasonCode {
+        decoder(PayloadFormat::Json)
+            .decode(payload, NOW)
+            .expect_err("must be rejected")
+            .reason
+    }
+
+    const GOOD: &str = r#"{"event_id":"e1","customer_id":"c000001","event_type":"purchase","channel":"web","value":12.5,"event_time":"2026-09-21T12:00:00Z","attributes":{"utm":"x"},"extra":[1,2]}"#;
+
+    #[test]
+    fn decodes_a_well_formed_event_and_ignores_unknown_fields() {
+        let event = decoder(PayloadFormat::Json).decode(GOOD.as_bytes(), NOW).unwrap();
+        assert_eq!(event.event_id, "e1");
+        assert_eq!(event.customer_id, "c000001");
+        assert_eq!(event.event_type, EventType::Purchase);
+        assert_eq!(event.value, 12.5);
+        assert_eq!(event.attributes.get("utm").map(String::as_str), Some("x"));
+        assert_eq!(crate::event::format_millis(event.event_time), "2026-09-21T12:00:00.000Z");
+    }
+
+    #[test]
+    fn each_kind_of_poison_has_its_own_reason() {
+        let cases: Vec<(Vec<u8>, ReasonCode)> = vec![
+            (b"{\"event_id\": \"e1\", ".to_vec(), ReasonCode::InvalidJson),
+            (b"not json at all".to_vec(), ReasonCode::InvalidJson),
+            (b"[1, 2, 3]".to_vec(), ReasonCode::NotAnObject),
+            (b"{\"event_id\":\"e\xff\"}".to_vec(), ReasonCode::InvalidUtf8),
+            (GOOD.replace(r#""customer_id":"c000001","#, "").into_bytes(), ReasonCode::MissingCustomerId),
+            (GOOD.replace("c000001", "  ").into_bytes(), ReasonCode::EmptyCustomerId),
+            (GOOD.replace(r#""event_id":"e1","#, "").into_bytes(), ReasonCode::MissingField),
+            (GOOD.replace("12.5", "\"lots\"").into_bytes(), ReasonCode::WrongType),
+            (GOOD.replace(r#""customer_id":"c000001""#, r#""customer_id":42"#).into_bytes(), ReasonCode::WrongType),
+            (GOOD.replace(r#"{"utm":"x"}"#, r#"{"utm":1}"#).into_bytes(), ReasonCode::WrongType),
+            (GOOD.replace("purchase", "teleport").into_bytes(), ReasonCode::UnknownEventType),
+            (GOOD.replace("12.5", "-3").into_bytes(), ReasonCode::InvalidValue),
+            (GOOD.replace("2026-09-21T12:00:00Z", "yesterday").into_bytes(), ReasonCode::InvalidTimestamp),
+            (GOOD.replace("2026-09-21T12:00:00Z", "2027-09-21T12:00:00Z").into_bytes(), ReasonCode::TimestampInFuture),
+            (GOOD.replace("2026-09-21T12:00:00Z", "1999-01-01T00:00:00Z").into_bytes(), ReasonCode::TimestampTooOld),
+            (GOOD.replace("\"x\"", &format!("\"{}\"", "x".repeat(2000))).into_bytes(), ReasonCode::OversizedPayload),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(reason(&payload), expected, "{}", String::from_utf8_lossy(&payload));
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_field() {
+        let rejection = decoder(PayloadFormat::Json)
+            .decode(GOOD.replace("12.5", "\"lots\"").as_bytes(), NOW)
+            .unwrap_err();
+        assert!(rejection.message.starts_with("value:"), "{}", rejection.message);
+    }
+
+    #[test]
+    fn protobuf_payloads_decode_and_reject_like_json() {
+        let json = decoder(PayloadFormat::Json).decode(GOOD.as_bytes(), NOW).unwrap();
+        let protobuf = decoder(PayloadFormat::Protobuf);
+        assert_eq!(protobuf.decode(&to_protobuf(&json), NOW).unwrap(), json);
+        assert_eq!(
+            protobuf.decode(b"\xff\xff\xff garbage", NOW).unwrap_err().reason,
+            ReasonCode::InvalidProtobuf
+        );
+        let mut empty_customer = json.clone();
+        empty_customer.customer_id.clear();
+        assert_eq!(
+            protobuf.decode(&to_protobuf(&empty_customer), NOW).unwrap_err().reason,
+            ReasonCode::EmptyCustomerId
+        );
+    }
+
+    #[test]
+    fn every_generated_poison_is_rejected_with_its_reason() {
+        let spec = GeneratorSpec {
+            events: None,
+            partitions: 1,
+            customers: 100,
+            zipf_exponent: 1.1,
+            poison_ratio: 0.5,
+            seed: 3,
+            rate_per_sec: None,
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let factory = EventFactory::new(&spec, 0, PayloadFormat::Json, 1024);
+        let decoder = decoder(PayloadFormat::Json);
+        let mut seen = std::collections::HashSet::new();
+        let mut payload = Vec::new();
+        for seq in 0..2000 {
+            factory.payload(seq, now, &mut payload);
+            let result = decoder.decode(&payload, now);
+            match factory.poison(seq) {
+                None => assert!(result.is_ok(), "{:?}", result),
+                Some(poison) => {
+                    let expected = match poison {
+                        Poison::InvalidJson => ReasonCode::InvalidJson,
+                        Poison::InvalidUtf8 => ReasonCode::InvalidUtf8,
+                        Poison::MissingCustomerId => ReasonCode::MissingCustomerId,
+                        Poison::EmptyCustomerId => ReasonCode::EmptyCustomerId,
+                        Poison::WrongType => ReasonCode::WrongType,
+                        Poison::UnknownEventType => ReasonCode::UnknownEventType,
+                        Poison::Oversized => ReasonCode::OversizedPayload,
+                        Poison::FutureTimestamp => ReasonCode::TimestampInFuture,
+                        Poison::AncientTimestamp => ReasonCode::TimestampTooOld,
+                    };
+                    assert_eq!(result.unwrap_err().reason, expected, "{poison:?}");
+                    seen.insert(poison);
+                }
+            }
+        }
+        assert_eq!(seen.len(), Poison::ALL.len(), "every kind of poison was generated");
+    }
+}

@@ -538,3 +538,94 @@ fn non_empty_path(field: &str, path: &Path) -> Result<(), SpecError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name: t
+source:
+  generator:
+    events: 10
+enrichment:
+  table:
+    path: features.csv
+  features: [a, b]
+  defaults: {a: 1.5}
+model:
+  name: m
+  version: "1"
+  path: m.pt
+sink:
+  null: {}
+dead_letter:
+  file:
+    path: dead.jsonl
+"#;
+
+    fn error(yaml: &str) -> SpecError {
+        PipelineSpec::from_yaml(yaml).expect_err("must be refused")
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_its_defaults() {
+        let spec = PipelineSpec::from_yaml(SPEC).unwrap();
+        assert_eq!(spec.batching.max_records, 1024);
+        assert_eq!(spec.model.max_batch_rows, 4096);
+        assert_eq!(spec.enrichment.on_miss, MissPolicy::Default);
+        assert_eq!(spec.partitions(), 1);
+        assert!(matches!(spec.sink, SinkSpec::Null {}));
+    }
+
+    #[test]
+    fn an_unknown_field_is_named() {
+        let e = error(&SPEC.replace("  version: \"1\"", "  version: \"1\"\n  max_batch: 3"));
+        assert_eq!(e.field, "model.max_batch");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = error(&SPEC.replace("    events: 10", "    events: 10\n    evnts: 3"));
+        assert_eq!(e.field, "source.generator.evnts");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named() {
+        let e = error(&SPEC.replace("events: 10", "events: ten"));
+        assert_eq!(e.field, "source.generator.events");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_with_the_value() {
+        let cases = [
+            (SPEC.replace("name: t", "name: 'bad name'"), "name", "bad name"),
+            (SPEC.replace("events: 10", "events: 0"), "source.generator.events", "0"),
+            (SPEC.replace("events: 10", "poison_ratio: 1.5"), "source.generator.poison_ratio", "1.5"),
+            (SPEC.replace("[a, b]", "[a, a]"), "enrichment.features[1]", "\"a\""),
+            (SPEC.replace("{a: 1.5}", "{z: 1.5}"), "enrichment.defaults.z", "\"z\""),
+            (SPEC.replace("version: \"1\"", "version: \"1\"\n  max_batch_rows: 0"), "model.max_batch_rows", "0"),
+            (SPEC.replace("version: \"1\"", "version: \"1\"\n  device: tpu"), "model.device", "tpu"),
+            (SPEC.replace("dead.jsonl", ""), "dead_letter.file.path", "empty"),
+            (format!("{SPEC}batching:\n  link_capacity: 0\n"), "batching.link_capacity", "0"),
+        ];
+        for (yaml, field, value) in cases {
+            let e = error(&yaml);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(value), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_source_or_sink_takes_exactly_one_kind() {
+        let e = error(&SPEC.replace("  generator:\n    events: 10", "  {}"));
+        assert_eq!(e.field, "source");
+        let e = error(&SPEC.replace("  null: {}", "  null: {}\n  stdout: {}"));
+        assert_eq!(e.field, "sink");
+    }
+
+    #[test]
+    fn the_bundled_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local.yaml");
+        let spec = PipelineSpec::from_file(&path).unwrap();
+        assert_eq!(spec.name, "local");
+    }
+}

@@ -19,7 +19,7 @@ use crate::event::{Event, EventType, RawRecord};
 use crate::spec::{GeneratorSpec, PayloadFormat};
 
 /// Kinds of poison the generator writes, one reason code each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Poison {
     InvalidJson,
     InvalidUtf8,

@@ -1,0 +1,73 @@
+# Mirador: `make demo` runs the bundled demo, `make test` runs the tests. Both set up what
+# is missing first: the C toolchain from Debian's packages, and libtorch through a Python
+# virtual environment with torch. Build outputs and the environment live outside the clone,
+# under $(CACHE), so that a second run is fast.
+
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/mirador
+VENV ?= $(CACHE)/venv
+TORCH_VERSION := 2.11.0
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(PATH)
+# Resolved when a recipe runs, once the environment exists.
+TORCH_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/torch/lib))
+export LD_LIBRARY_PATH = $(TORCH_LIB)
+
+MIRADOR := $(CARGO_TARGET_DIR)/release/mirador
+
+.PHONY: toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
+
+setup: toolchain $(TORCH_STAMP)
+
+# gcc/g++ build libtorch's C++ bindings; the venv needs python3 with venv and pip.
+toolchain:
+	@missing=""; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v make >/dev/null || missing="$$missing make"; \
+	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo is missing: install the Rust toolchain (rustup)"; exit 1; }
+
+$(TORCH_STAMP):
+	@echo "creating the libtorch environment in $(VENV) (torch==$(TORCH_VERSION), a few GB)"
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	touch $@
+
+build: setup
+	cargo build --release --bin mirador
+
+demo: build
+	$(MIRADOR) dev --events 1000000
+
+bench: build
+	$(MIRADOR) bench
+
+test: setup
+	cargo test --workspace
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy: setup
+	cargo clippy --workspace --all-targets -- -D warnings
+
+verify: fmt-check clippy test
+
+fix: setup
+	cargo fmt --all
+	cargo clippy --workspace --all-targets --fix --allow-dirty --allow-staged
+
+# Retrains the demo model and rewrites the bundled feature table.
+model: setup
+	$(VENV)/bin/python3 models/make_features.py
+	$(VENV)/bin/python3 models/train_propensity.py
+
+clean-out:
+	rm -rf mirador-out
