@@ -60,7 +60,10 @@ pub fn prepare(
 ) -> anyhow::Result<PipelineSpec> {
     anyhow::ensure!(partitions >= 1, "--partitions: must be at least 1");
     if let Some(rate) = rate {
-        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate: {rate} must be a positive number");
+        anyhow::ensure!(
+            rate > 0.0 && rate.is_finite(),
+            "--rate: {rate} must be a positive number"
+        );
     }
     write_assets(&out.join("assets"))?;
     // Every demo run starts afresh.
@@ -71,7 +74,10 @@ pub fn prepare(
     }
     let mut generator = format!("    partitions: {partitions}\n    poison_ratio: {poison_ratio}\n");
     if let Some(events) = events {
-        anyhow::ensure!(events >= partitions as u64, "--events: {events} is fewer than the partitions");
+        anyhow::ensure!(
+            events >= partitions as u64,
+            "--events: {events} is fewer than the partitions"
+        );
         generator.push_str(&format!("    events: {}\n", events / partitions as u64));
     }
     if let Some(rate) = rate {

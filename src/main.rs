@@ -17,7 +17,11 @@ use mirador_executor::infer::InferencePool;
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "mirador", version, about = "Real-time marketing-intelligence pipelines")]
+#[command(
+    name = "mirador",
+    version,
+    about = "Real-time marketing-intelligence pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -181,7 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             partitions,
             json,
         } => {
-            let scratch = std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
+            let scratch =
+                std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
             let spec = demo::bench_spec(&scratch, partitions)?;
             let options = BenchOptions {
                 events,

@@ -35,7 +35,9 @@ fn written_offsets(dir: &Path) -> HashMap<u64, usize> {
         let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         for line in text.lines() {
             let value: Value = serde_json::from_str(line).expect("only whole lines in a sink");
-            *counts.entry(value["source"]["offset"].as_u64().unwrap()).or_default() += 1;
+            *counts
+                .entry(value["source"]["offset"].as_u64().unwrap())
+                .or_default() += 1;
         }
     }
     counts
@@ -109,7 +111,10 @@ checkpoint:
     let deadline = Instant::now() + Duration::from_secs(120);
     while checkpoint(dir).is_none_or(|offset| offset == 0) {
         assert!(Instant::now() < deadline, "no checkpoint was written");
-        assert!(first.try_wait().unwrap().is_none(), "the first run ended before it could be killed");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(150));
@@ -123,16 +128,28 @@ checkpoint:
         before.len(),
         expected.len()
     );
-    assert!(before.keys().all(|o| before[o] == 1), "no duplicates before the crash");
+    assert!(
+        before.keys().all(|o| before[o] == 1),
+        "no duplicates before the crash"
+    );
 
     // Second run: resumes at the checkpoint and goes to the end.
     let status = run().wait().unwrap();
     assert!(status.success());
     let after = written_offsets(dir);
     let missing: Vec<&u64> = expected.iter().filter(|o| !after.contains_key(o)).collect();
-    assert!(missing.is_empty(), "{} records lost, first at offset {}", missing.len(), missing[0]);
+    assert!(
+        missing.is_empty(),
+        "{} records lost, first at offset {}",
+        missing.len(),
+        missing[0]
+    );
     assert_eq!(after.len(), expected.len(), "nothing but input records");
-    let duplicated: Vec<u64> = after.iter().filter(|(_, n)| **n > 1).map(|(o, _)| *o).collect();
+    let duplicated: Vec<u64> = after
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(o, _)| *o)
+        .collect();
     assert!(after.values().all(|n| *n <= 2));
     assert!(
         duplicated.iter().all(|o| *o >= resume),

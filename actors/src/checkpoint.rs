@@ -50,7 +50,9 @@ impl CheckpointTracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackerInner> {
         // The state stays consistent across a panic elsewhere: every method updates it
         // without calling out.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Opens a batch of `count` records (at least one) after which the source resumes at

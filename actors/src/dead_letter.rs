@@ -6,12 +6,10 @@ use crate::record::Origin;
 
 /// Why a record went to the dead letter. One code per kind of fault, so that an operator
 /// can count and replay them by kind.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
-    /// The payload is larger than the pipeline's `limits.max_payload_bytes`.
+    /// The payload is larger than the pipeline's `decode.max_payload_bytes`.
     OversizedPayload,
     /// A JSON payload that is not UTF-8.
     InvalidUtf8,
@@ -31,7 +29,7 @@ pub enum ReasonCode {
     WrongType,
     /// `event_type` is not one the pipeline knows.
     UnknownEventType,
-    /// A field has a value out of its range (a negative value, a bad number).
+    /// A field has a value out of its range (a negative or huge `value`, an overlong id).
     InvalidValue,
     /// `event_time` is not a valid timestamp.
     InvalidTimestamp,
@@ -41,11 +39,13 @@ pub enum ReasonCode {
     TimestampTooOld,
     /// No features for the customer and the miss policy says dead letter.
     FeaturesNotFound,
-    /// The feature lookup failed for good after its retries.
+    /// The feature store refused this record's key for good. A store that is down is
+    /// not this: it is retried, and the pipeline slows down.
     LookupFailed,
     /// The model failed on the batch holding this record.
     ModelError,
-    /// The sink refused the record.
+    /// The sink refused this record for good. A sink that is down is not this: it is
+    /// retried, and the pipeline slows down.
     SinkRejected,
     /// A stage failed on this record's batch more times than the pipeline allows.
     StageFailed,

@@ -28,8 +28,10 @@ pub struct Generation {
 /// Builds the stages and links of a generation. Called at start and at every generation
 /// restart, with a tracker that resumes from the last committed position.
 pub trait GenerationFactory: Send + Sync + 'static {
-    fn build(&self, tracker: Arc<CheckpointTracker>)
-        -> BoxFuture<'_, Result<Generation, StageError>>;
+    fn build(
+        &self,
+        tracker: Arc<CheckpointTracker>,
+    ) -> BoxFuture<'_, Result<Generation, StageError>>;
 }
 
 /// Budgets and pacing of restarts and checkpoints.
@@ -95,8 +97,13 @@ pub(crate) struct Observable {
 #[derive(Debug)]
 pub enum PipelineMsg {
     Tick,
-    RestartStage { generation: u64, index: usize },
-    RestartGeneration { generation: u64 },
+    RestartStage {
+        generation: u64,
+        index: usize,
+    },
+    RestartGeneration {
+        generation: u64,
+    },
     /// Stop reading and drain what is in flight.
     Stop,
 }
@@ -315,10 +322,7 @@ impl Actor for PartitionPipeline {
 }
 
 fn prune(failures: &mut VecDeque<Instant>, window: Duration) {
-    while failures
-        .front()
-        .is_some_and(|at| at.elapsed() > window)
-    {
+    while failures.front().is_some_and(|at| at.elapsed() > window) {
         failures.pop_front();
     }
 }
@@ -394,12 +398,17 @@ impl PipelineState {
             tracing::warn!(pipeline = %self.args.name, stage = name, %error, ?backoff,
                 "restarting the generation from its checkpoint");
             let generation = self.generation;
-            myself.send_after(backoff, move || PipelineMsg::RestartGeneration { generation });
+            myself.send_after(backoff, move || PipelineMsg::RestartGeneration {
+                generation,
+            });
         } else {
             tracing::warn!(pipeline = %self.args.name, stage = name, %error, ?backoff,
                 "restarting stage");
             let generation = self.generation;
-            myself.send_after(backoff, move || PipelineMsg::RestartStage { generation, index });
+            myself.send_after(backoff, move || PipelineMsg::RestartStage {
+                generation,
+                index,
+            });
         }
     }
 

@@ -76,10 +76,7 @@ impl<S: Stage> StageRunner<S> {
         max_attempts: u32,
     ) -> Result<Self, StageError> {
         let first = make()?;
-        stats.attach(
-            Some(input.gauge()),
-            output.as_ref().map(LinkSender::gauge),
-        );
+        stats.attach(Some(input.gauge()), output.as_ref().map(LinkSender::gauge));
         Ok(StageRunner {
             shared: Arc::new(StageShared {
                 name: first.name(),

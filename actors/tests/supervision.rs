@@ -16,6 +16,9 @@ use mirador_actors::{
 
 const BATCH: usize = 10;
 
+/// Ids that reached the sink (no reason) or the dead letter (with its reason).
+type Seen = Arc<Mutex<Vec<(u64, Option<ReasonCode>)>>>;
+
 struct VecSource {
     next: u64,
     total: u64,
@@ -54,7 +57,10 @@ fn pos(offset: u64) -> Position {
 }
 
 fn id_of(origin: &Origin) -> u64 {
-    std::str::from_utf8(&origin.payload).unwrap().parse().unwrap()
+    std::str::from_utf8(&origin.payload)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Fails on the record `poison` while `failures_left` is positive, by panicking or by
@@ -71,7 +77,11 @@ impl Stage for FlakyStage {
     fn name(&self) -> &'static str {
         "flaky"
     }
-    async fn handle(&mut self, batch: &[Origin], out: &mut Output<Origin>) -> Result<(), StageError> {
+    async fn handle(
+        &mut self,
+        batch: &[Origin],
+        out: &mut Output<Origin>,
+    ) -> Result<(), StageError> {
         for origin in batch {
             if id_of(origin) == self.poison
                 && self
@@ -91,7 +101,7 @@ impl Stage for FlakyStage {
 }
 
 struct Collect<T> {
-    seen: Arc<Mutex<Vec<(u64, Option<ReasonCode>)>>>,
+    seen: Seen,
     tracker: Arc<CheckpointTracker>,
     reason: fn(&T) -> Option<ReasonCode>,
     origin: fn(&T) -> &Origin,
@@ -132,25 +142,38 @@ struct Fixture {
     failures: Arc<AtomicU32>,
     panic: bool,
     max_attempts: u32,
-    seen: Arc<Mutex<Vec<(u64, Option<ReasonCode>)>>>,
+    seen: Seen,
     stats: Vec<Arc<StageStats>>,
 }
 
 impl GenerationFactory for Fixture {
-    fn build(&self, tracker: Arc<CheckpointTracker>) -> BoxFuture<'_, Result<Generation, StageError>> {
+    fn build(
+        &self,
+        tracker: Arc<CheckpointTracker>,
+    ) -> BoxFuture<'_, Result<Generation, StageError>> {
         Box::pin(async move {
             let next = tracker.committed().map_or(0, |p| p.offset);
             let (source_tx, source_rx) = link(2);
             let (flaky_tx, flaky_rx) = link(2);
             let (dead_tx, dead_rx) = link::<DeadLetter>(2);
             let source = SourceRunner::new(
-                VecSource { next, total: self.total, tracker: tracker.clone() },
+                VecSource {
+                    next,
+                    total: self.total,
+                    tracker: tracker.clone(),
+                },
                 source_tx,
                 self.stats[0].clone(),
             );
             let (poison, failures, panic) = (self.poison, self.failures.clone(), self.panic);
             let flaky = StageRunner::new(
-                move || Ok(FlakyStage { poison, failures_left: failures.clone(), panic }),
+                move || {
+                    Ok(FlakyStage {
+                        poison,
+                        failures_left: failures.clone(),
+                        panic,
+                    })
+                },
                 source_rx,
                 Some(flaky_tx),
                 Some(dead_tx),
@@ -159,7 +182,14 @@ impl GenerationFactory for Fixture {
             )?;
             let (seen, t) = (self.seen.clone(), tracker.clone());
             let sink = StageRunner::new(
-                move || Ok(Collect::<Origin> { seen: seen.clone(), tracker: t.clone(), reason: |_| None, origin: |o| o }),
+                move || {
+                    Ok(Collect::<Origin> {
+                        seen: seen.clone(),
+                        tracker: t.clone(),
+                        reason: |_| None,
+                        origin: |o| o,
+                    })
+                },
                 flaky_rx,
                 None,
                 None,
@@ -168,19 +198,40 @@ impl GenerationFactory for Fixture {
             )?;
             let (seen, t) = (self.seen.clone(), tracker.clone());
             let dead = StageRunner::new(
-                move || Ok(Collect::<DeadLetter> { seen: seen.clone(), tracker: t.clone(), reason: |d| Some(d.reason), origin: |d| &d.origin }),
+                move || {
+                    Ok(Collect::<DeadLetter> {
+                        seen: seen.clone(),
+                        tracker: t.clone(),
+                        reason: |d| Some(d.reason),
+                        origin: |d| &d.origin,
+                    })
+                },
                 dead_rx,
                 None,
                 None,
                 self.stats[3].clone(),
                 self.max_attempts,
             )?;
-            Ok(Generation { slots: vec![Box::new(source), Box::new(flaky), Box::new(sink), Box::new(dead)] })
+            Ok(Generation {
+                slots: vec![
+                    Box::new(source),
+                    Box::new(flaky),
+                    Box::new(sink),
+                    Box::new(dead),
+                ],
+            })
         })
     }
 }
 
-async fn run(fixture: Fixture, policy: RestartPolicy) -> (ExitStatus, Vec<(u64, Option<ReasonCode>)>, mirador_actors::PipelineSnapshot) {
+async fn run(
+    fixture: Fixture,
+    policy: RestartPolicy,
+) -> (
+    ExitStatus,
+    Vec<(u64, Option<ReasonCode>)>,
+    mirador_actors::PipelineSnapshot,
+) {
     let seen = fixture.seen.clone();
     let handle = PipelineHandle::spawn(PipelineArgs {
         name: "test".into(),
@@ -193,7 +244,11 @@ async fn run(fixture: Fixture, policy: RestartPolicy) -> (ExitStatus, Vec<(u64, 
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !handle.is_finished() {
-        assert!(Instant::now() < deadline, "pipeline did not finish: {:?}", handle.snapshot());
+        assert!(
+            Instant::now() < deadline,
+            "pipeline did not finish: {:?}",
+            handle.snapshot()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let snapshot = handle.snapshot();
@@ -238,7 +293,10 @@ async fn a_stage_that_panics_once_is_restarted_and_loses_nothing() {
     let counts = counts(&seen);
     assert_eq!(counts.len(), 500, "every id arrives");
     assert!(counts.values().all(|n| *n == 1), "no id arrives twice");
-    assert!(seen.iter().all(|(_, reason)| reason.is_none()), "nothing dead-lettered");
+    assert!(
+        seen.iter().all(|(_, reason)| reason.is_none()),
+        "nothing dead-lettered"
+    );
     assert_eq!(snapshot.stages[1].restarts, 1);
     assert_eq!(snapshot.generation, 1);
     assert_eq!(snapshot.committed, Some(pos(500)));
@@ -260,13 +318,20 @@ async fn a_batch_that_always_fails_goes_to_the_dead_letter_and_the_rest_flows() 
     assert_eq!(exit, ExitStatus::Success);
     let counts = counts(&seen);
     assert_eq!(counts.len(), 500);
-    assert!(counts.values().all(|n| *n == 1), "exactly once in sink or dead letter");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "exactly once in sink or dead letter"
+    );
     let dead: Vec<u64> = seen
         .iter()
         .filter(|(_, reason)| *reason == Some(ReasonCode::StageFailed))
         .map(|(id, _)| *id)
         .collect();
-    assert_eq!(dead.len(), BATCH, "the failing batch, and only it, is dead-lettered");
+    assert_eq!(
+        dead.len(),
+        BATCH,
+        "the failing batch, and only it, is dead-lettered"
+    );
     assert!(dead.contains(&250));
     assert_eq!(snapshot.stages[1].restarts, 3);
 }
@@ -285,7 +350,10 @@ async fn past_the_restart_budget_the_generation_restarts_from_its_checkpoint() {
     assert!(seen.iter().all(|(_, reason)| reason.is_none()));
     // Replays start at the checkpoint, which never passes an unacknowledged record.
     let duplicated = counts.values().filter(|n| **n > 1).count();
-    assert!(duplicated <= 300, "duplicates only after the checkpoint: {duplicated}");
+    assert!(
+        duplicated <= 300,
+        "duplicates only after the checkpoint: {duplicated}"
+    );
 }
 
 #[tokio::test]

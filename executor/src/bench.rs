@@ -49,9 +49,18 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let (slowest, slowest_rate) = self.slowest_stage();
         let rows = [
-            ("decode alone", format!("{:>12.0} events/s", self.decode_per_sec)),
-            ("enrich alone (cached)", format!("{:>12.0} lookups/s", self.lookups_per_sec)),
-            ("infer alone (cpu)", format!("{:>12.0} rows/s", self.infer_rows_per_sec)),
+            (
+                "decode alone",
+                format!("{:>12.0} events/s", self.decode_per_sec),
+            ),
+            (
+                "enrich alone (cached)",
+                format!("{:>12.0} lookups/s", self.lookups_per_sec),
+            ),
+            (
+                "infer alone (cpu)",
+                format!("{:>12.0} rows/s", self.infer_rows_per_sec),
+            ),
             (
                 "end to end",
                 format!(
@@ -76,7 +85,10 @@ impl BenchReport {
                     self.half_rate_per_sec, self.half_rate_p50_ms, self.half_rate_p99_ms
                 ),
             ),
-            ("peak memory (RSS)", format!("{:>12.0} MB", self.peak_rss_mb)),
+            (
+                "peak memory (RSS)",
+                format!("{:>12.0} MB", self.peak_rss_mb),
+            ),
         ];
         let mut text = format!(
             "mirador bench: {} cores, CPU inference, batches of {} records\n",
@@ -140,28 +152,44 @@ pub async fn run_bench(spec: PipelineSpec, options: &BenchOptions) -> anyhow::Re
     drop((raw, decoded, enriched, infer, resources));
 
     // End to end, as fast as it goes.
-    let full = with_generator(&spec, "full", GeneratorSpec {
-        events: Some(options.events / generator.partitions as u64),
-        rate_per_sec: None,
-        ..generator.clone()
-    });
+    let full = with_generator(
+        &spec,
+        "full",
+        GeneratorSpec {
+            events: Some(options.events / generator.partitions as u64),
+            rate_per_sec: None,
+            ..generator.clone()
+        },
+    );
     let resources = Arc::new(PipelineResources::build(full, &pool)?);
     let report = run_pipeline(resources.clone(), &RunOptions::default()).await?;
-    anyhow::ensure!(report.succeeded(), "end-to-end run failed: {:?}", report.failures);
+    anyhow::ensure!(
+        report.succeeded(),
+        "end-to-end run failed: {:?}",
+        report.failures
+    );
     let (hits, misses) = resources.cache.counts();
     let cache_hit_ratio = hits as f64 / (hits + misses).max(1) as f64;
 
     // Half that rate, for latency.
     let half = report.events_per_sec / 2.0;
     let per_partition = half / generator.partitions as f64;
-    let paced = with_generator(&spec, "half", GeneratorSpec {
-        events: Some((per_partition * options.half_rate_secs).max(1.0) as u64),
-        rate_per_sec: Some(per_partition),
-        ..generator
-    });
+    let paced = with_generator(
+        &spec,
+        "half",
+        GeneratorSpec {
+            events: Some((per_partition * options.half_rate_secs).max(1.0) as u64),
+            rate_per_sec: Some(per_partition),
+            ..generator
+        },
+    );
     let resources = Arc::new(PipelineResources::build(paced, &pool)?);
     let paced_report = run_pipeline(resources, &RunOptions::default()).await?;
-    anyhow::ensure!(paced_report.succeeded(), "half-rate run failed: {:?}", paced_report.failures);
+    anyhow::ensure!(
+        paced_report.succeeded(),
+        "half-rate run failed: {:?}",
+        paced_report.failures
+    );
 
     Ok(BenchReport {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -188,8 +216,17 @@ fn with_generator(spec: &PipelineSpec, run: &str, generator: GeneratorSpec) -> P
     }
 }
 
-fn make_batches(generator: &GeneratorSpec, spec: &PipelineSpec, events: usize) -> Vec<Vec<RawRecord>> {
-    let factory = EventFactory::new(generator, 0, spec.decode.format, spec.decode.max_payload_bytes);
+fn make_batches(
+    generator: &GeneratorSpec,
+    spec: &PipelineSpec,
+    events: usize,
+) -> Vec<Vec<RawRecord>> {
+    let factory = EventFactory::new(
+        generator,
+        0,
+        spec.decode.format,
+        spec.decode.max_payload_bytes,
+    );
     let tracker = CheckpointTracker::new(None);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut buf = Vec::new();
@@ -198,14 +235,23 @@ fn make_batches(generator: &GeneratorSpec, spec: &PipelineSpec, events: usize) -
         .collect::<Vec<_>>()
         .chunks(batch)
         .map(|seqs| {
-            let ack = tracker.open(seqs.len(), Position { partition: 0, offset: seqs[seqs.len() - 1] as u64 + 1 });
+            let ack = tracker.open(
+                seqs.len(),
+                Position {
+                    partition: 0,
+                    offset: seqs[seqs.len() - 1] as u64 + 1,
+                },
+            );
             seqs.iter()
                 .map(|&seq| {
                     factory.payload(seq as u64, now_ms, &mut buf);
                     RawRecord {
                         origin: Origin {
                             ack,
-                            position: Position { partition: 0, offset: seq as u64 },
+                            position: Position {
+                                partition: 0,
+                                offset: seq as u64,
+                            },
                             payload: Bytes::copy_from_slice(&buf),
                             read_at: Instant::now(),
                         },
@@ -216,12 +262,20 @@ fn make_batches(generator: &GeneratorSpec, spec: &PipelineSpec, events: usize) -
         .collect()
 }
 
-async fn run_stage<S: Stage>(stage: &mut S, batches: &[Vec<S::In>]) -> anyhow::Result<Vec<Vec<S::Out>>> {
+async fn run_stage<S: Stage>(
+    stage: &mut S,
+    batches: &[Vec<S::In>],
+) -> anyhow::Result<Vec<Vec<S::Out>>> {
     let mut outputs = Vec::with_capacity(batches.len());
     for batch in batches {
         let mut out = Output::with_capacity(batch.len());
         stage.handle(batch, &mut out).await?;
-        anyhow::ensure!(out.dead.is_empty(), "{}: {} records rejected", stage.name(), out.dead.len());
+        anyhow::ensure!(
+            out.dead.is_empty(),
+            "{}: {} records rejected",
+            stage.name(),
+            out.dead.len()
+        );
         outputs.push(out.items);
     }
     Ok(outputs)

@@ -19,7 +19,8 @@ impl FileCheckpointStore {
     }
 
     pub fn path(&self, partition: u32) -> PathBuf {
-        self.dir.join(format!("{}.p{partition}.json", self.pipeline))
+        self.dir
+            .join(format!("{}.p{partition}.json", self.pipeline))
     }
 }
 
@@ -59,11 +60,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileCheckpointStore::new(dir.path(), "demo").unwrap();
         assert_eq!(store.load(1).unwrap(), None);
-        let position = Position { partition: 1, offset: 42 };
+        let position = Position {
+            partition: 1,
+            offset: 42,
+        };
         store.save(position).unwrap();
         assert_eq!(store.load(1).unwrap(), Some(position));
         assert_eq!(store.load(0).unwrap(), None);
         std::fs::write(store.path(0), b"{garbage").unwrap();
-        assert!(store.load(0).is_err(), "a corrupt checkpoint is an error, never a silent restart");
+        assert!(
+            store.load(0).is_err(),
+            "a corrupt checkpoint is an error, never a silent restart"
+        );
     }
 }

@@ -14,8 +14,10 @@ use crate::event::{DecodedRecord, Event, EventType, RawRecord};
 use crate::spec::{DecodeSpec, PayloadFormat};
 
 const STAGE: &str = "decode";
-/// Longest id or label accepted in an event.
-const MAX_FIELD_CHARS: usize = 256;
+/// Longest id or label accepted in an event, in bytes.
+const MAX_FIELD_BYTES: usize = 256;
+/// Largest `value`: far above any order, and exact enough as the model's 32-bit float.
+const MAX_VALUE: f64 = 1e12;
 
 /// Why a payload was rejected.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,17 +134,17 @@ impl Decoder {
             ("campaign_id", fields.campaign_id.as_ref()),
             ("product_id", fields.product_id.as_ref()),
         ] {
-            if value.is_some_and(|v| v.len() > MAX_FIELD_CHARS) {
+            if value.is_some_and(|v| v.len() > MAX_FIELD_BYTES) {
                 return Err(reject(
                     ReasonCode::InvalidValue,
-                    format!("{field} is longer than {MAX_FIELD_CHARS} bytes"),
+                    format!("{field} is longer than {MAX_FIELD_BYTES} bytes"),
                 ));
             }
         }
-        if !(fields.value.is_finite() && fields.value >= 0.0) {
+        if !(0.0..=MAX_VALUE).contains(&fields.value) {
             return Err(reject(
                 ReasonCode::InvalidValue,
-                format!("value {} is not a finite number >= 0", fields.value),
+                format!("value {} is not between 0 and {MAX_VALUE}", fields.value),
             ));
         }
         let event_time = fields.event_time_ms?;
@@ -203,7 +205,8 @@ fn json_fields(payload: &[u8]) -> Result<Fields<'_>, Rejection> {
             Err(e) => reject(ReasonCode::InvalidJson, format!("invalid JSON: {e}")),
         });
     }
-    let event: JsonEvent<'_> = serde_json::from_str(text).map_err(|e| classify_json_error(text, e))?;
+    let event: JsonEvent<'_> =
+        serde_json::from_str(text).map_err(|e| classify_json_error(text, e))?;
     let event_time_ms = match &event.event_time {
         None => Err(reject(ReasonCode::MissingField, "no event_time")),
         Some(time) => DateTime::parse_from_rfc3339(time)
@@ -235,10 +238,11 @@ fn classify_json_error(text: &str, error: serde_json::Error) -> Rejection {
     match error.classify() {
         Category::Data => {
             let mut deserializer = serde_json::Deserializer::from_str(text);
-            let field = match serde_path_to_error::deserialize::<_, JsonEvent<'_>>(&mut deserializer) {
-                Err(e) => e.path().to_string(),
-                Ok(_) => "?".to_string(),
-            };
+            let field =
+                match serde_path_to_error::deserialize::<_, JsonEvent<'_>>(&mut deserializer) {
+                    Err(e) => e.path().to_string(),
+                    Ok(_) => "?".to_string(),
+                };
             let message = error.to_string();
             let reason = if message.starts_with("invalid type") {
                 ReasonCode::WrongType
@@ -363,13 +367,18 @@ mod tests {
 
     #[test]
     fn decodes_a_well_formed_event_and_ignores_unknown_fields() {
-        let event = decoder(PayloadFormat::Json).decode(GOOD.as_bytes(), NOW).unwrap();
+        let event = decoder(PayloadFormat::Json)
+            .decode(GOOD.as_bytes(), NOW)
+            .unwrap();
         assert_eq!(event.event_id, "e1");
         assert_eq!(event.customer_id, "c000001");
         assert_eq!(event.event_type, EventType::Purchase);
         assert_eq!(event.value, 12.5);
         assert_eq!(event.attributes.get("utm").map(String::as_str), Some("x"));
-        assert_eq!(crate::event::format_millis(event.event_time), "2026-09-21T12:00:00.000Z");
+        assert_eq!(
+            crate::event::format_millis(event.event_time),
+            "2026-09-21T12:00:00.000Z"
+        );
     }
 
     #[test]
@@ -378,22 +387,75 @@ mod tests {
             (b"{\"event_id\": \"e1\", ".to_vec(), ReasonCode::InvalidJson),
             (b"not json at all".to_vec(), ReasonCode::InvalidJson),
             (b"[1, 2, 3]".to_vec(), ReasonCode::NotAnObject),
-            (b"{\"event_id\":\"e\xff\"}".to_vec(), ReasonCode::InvalidUtf8),
-            (GOOD.replace(r#""customer_id":"c000001","#, "").into_bytes(), ReasonCode::MissingCustomerId),
-            (GOOD.replace("c000001", "  ").into_bytes(), ReasonCode::EmptyCustomerId),
-            (GOOD.replace(r#""event_id":"e1","#, "").into_bytes(), ReasonCode::MissingField),
-            (GOOD.replace("12.5", "\"lots\"").into_bytes(), ReasonCode::WrongType),
-            (GOOD.replace(r#""customer_id":"c000001""#, r#""customer_id":42"#).into_bytes(), ReasonCode::WrongType),
-            (GOOD.replace(r#"{"utm":"x"}"#, r#"{"utm":1}"#).into_bytes(), ReasonCode::WrongType),
-            (GOOD.replace("purchase", "teleport").into_bytes(), ReasonCode::UnknownEventType),
-            (GOOD.replace("12.5", "-3").into_bytes(), ReasonCode::InvalidValue),
-            (GOOD.replace("2026-09-21T12:00:00Z", "yesterday").into_bytes(), ReasonCode::InvalidTimestamp),
-            (GOOD.replace("2026-09-21T12:00:00Z", "2027-09-21T12:00:00Z").into_bytes(), ReasonCode::TimestampInFuture),
-            (GOOD.replace("2026-09-21T12:00:00Z", "1999-01-01T00:00:00Z").into_bytes(), ReasonCode::TimestampTooOld),
-            (GOOD.replace("\"x\"", &format!("\"{}\"", "x".repeat(2000))).into_bytes(), ReasonCode::OversizedPayload),
+            (
+                b"{\"event_id\":\"e\xff\"}".to_vec(),
+                ReasonCode::InvalidUtf8,
+            ),
+            (
+                GOOD.replace(r#""customer_id":"c000001","#, "").into_bytes(),
+                ReasonCode::MissingCustomerId,
+            ),
+            (
+                GOOD.replace("c000001", "  ").into_bytes(),
+                ReasonCode::EmptyCustomerId,
+            ),
+            (
+                GOOD.replace(r#""event_id":"e1","#, "").into_bytes(),
+                ReasonCode::MissingField,
+            ),
+            (
+                GOOD.replace("12.5", "\"lots\"").into_bytes(),
+                ReasonCode::WrongType,
+            ),
+            (
+                GOOD.replace(r#""customer_id":"c000001""#, r#""customer_id":42"#)
+                    .into_bytes(),
+                ReasonCode::WrongType,
+            ),
+            (
+                GOOD.replace(r#"{"utm":"x"}"#, r#"{"utm":1}"#).into_bytes(),
+                ReasonCode::WrongType,
+            ),
+            (
+                GOOD.replace("purchase", "teleport").into_bytes(),
+                ReasonCode::UnknownEventType,
+            ),
+            (
+                GOOD.replace("12.5", "-3").into_bytes(),
+                ReasonCode::InvalidValue,
+            ),
+            (
+                GOOD.replace("12.5", "1e308").into_bytes(),
+                ReasonCode::InvalidValue,
+            ),
+            (
+                GOOD.replace("2026-09-21T12:00:00Z", "yesterday")
+                    .into_bytes(),
+                ReasonCode::InvalidTimestamp,
+            ),
+            (
+                GOOD.replace("2026-09-21T12:00:00Z", "2027-09-21T12:00:00Z")
+                    .into_bytes(),
+                ReasonCode::TimestampInFuture,
+            ),
+            (
+                GOOD.replace("2026-09-21T12:00:00Z", "1999-01-01T00:00:00Z")
+                    .into_bytes(),
+                ReasonCode::TimestampTooOld,
+            ),
+            (
+                GOOD.replace("\"x\"", &format!("\"{}\"", "x".repeat(2000)))
+                    .into_bytes(),
+                ReasonCode::OversizedPayload,
+            ),
         ];
         for (payload, expected) in cases {
-            assert_eq!(reason(&payload), expected, "{}", String::from_utf8_lossy(&payload));
+            assert_eq!(
+                reason(&payload),
+                expected,
+                "{}",
+                String::from_utf8_lossy(&payload)
+            );
         }
     }
 
@@ -402,22 +464,34 @@ mod tests {
         let rejection = decoder(PayloadFormat::Json)
             .decode(GOOD.replace("12.5", "\"lots\"").as_bytes(), NOW)
             .unwrap_err();
-        assert!(rejection.message.starts_with("value:"), "{}", rejection.message);
+        assert!(
+            rejection.message.starts_with("value:"),
+            "{}",
+            rejection.message
+        );
     }
 
     #[test]
     fn protobuf_payloads_decode_and_reject_like_json() {
-        let json = decoder(PayloadFormat::Json).decode(GOOD.as_bytes(), NOW).unwrap();
+        let json = decoder(PayloadFormat::Json)
+            .decode(GOOD.as_bytes(), NOW)
+            .unwrap();
         let protobuf = decoder(PayloadFormat::Protobuf);
         assert_eq!(protobuf.decode(&to_protobuf(&json), NOW).unwrap(), json);
         assert_eq!(
-            protobuf.decode(b"\xff\xff\xff garbage", NOW).unwrap_err().reason,
+            protobuf
+                .decode(b"\xff\xff\xff garbage", NOW)
+                .unwrap_err()
+                .reason,
             ReasonCode::InvalidProtobuf
         );
         let mut empty_customer = json.clone();
         empty_customer.customer_id.clear();
         assert_eq!(
-            protobuf.decode(&to_protobuf(&empty_customer), NOW).unwrap_err().reason,
+            protobuf
+                .decode(&to_protobuf(&empty_customer), NOW)
+                .unwrap_err()
+                .reason,
             ReasonCode::EmptyCustomerId
         );
     }
@@ -460,6 +534,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen.len(), Poison::ALL.len(), "every kind of poison was generated");
+        assert_eq!(
+            seen.len(),
+            Poison::ALL.len(),
+            "every kind of poison was generated"
+        );
     }
 }

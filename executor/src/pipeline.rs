@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use mirador_actors::{
-    link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, SourceRunner,
-    StageError, StageRunner, StageSlot, StageStats,
+    link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, SourceRunner, StageError,
+    StageRunner, StageSlot, StageStats,
 };
 
 use crate::decode::{DecodeStage, Decoder};
 use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
 use crate::event::{ModelId, ScoredRecord};
 use crate::infer::{InferStage, InferenceBatcher, InferencePool, EVENT_FEATURES};
-use crate::sinks::{EncodeContext, JsonlFile, LatencyRecorder, ReasonCounts, SinkStage, SinkTarget};
+use crate::sinks::{
+    EncodeContext, JsonlFile, LatencyRecorder, ReasonCounts, SinkStage, SinkTarget,
+};
 use crate::sources::{FileSource, GeneratorSource};
 use crate::spec::{PipelineSpec, SinkSpec, SourceSpec};
 
@@ -51,6 +53,13 @@ fn sink_target(spec: &SinkSpec, field: &str) -> anyhow::Result<SinkTarget> {
 impl PipelineResources {
     /// Loads the feature table, starts (or joins) the model's batcher, opens the sinks.
     pub fn build(spec: PipelineSpec, pool: &InferencePool) -> anyhow::Result<Self> {
+        if let SourceSpec::File(file) = &spec.source {
+            anyhow::ensure!(
+                file.path.is_file(),
+                "source.file.path: {} is not a file",
+                file.path.display()
+            );
+        }
         let table = CsvFeatureTable::load(&spec.enrichment.table.path, &spec.enrichment.features)?;
         tracing::info!(customers = table.len(), "feature table loaded");
         Self::with_lookup(spec, Arc::new(table), pool)
@@ -177,7 +186,12 @@ impl PartitionFactory {
 
         let resources = r.clone();
         let infer = StageRunner::new(
-            move || Ok(InferStage::new(resources.batcher.client(), resources.model.clone())),
+            move || {
+                Ok(InferStage::new(
+                    resources.batcher.client(),
+                    resources.model.clone(),
+                ))
+            },
             enrich_rx,
             Some(infer_tx),
             Some(dead_tx.clone()),

@@ -13,20 +13,11 @@ use serde::Serialize;
 use crate::checkpoint_store::FileCheckpointStore;
 use crate::pipeline::{PartitionFactory, PipelineResources};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Print a progress line this often; `None`: quiet.
     pub progress: Option<Duration>,
     pub policy: RestartPolicy,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            progress: None,
-            policy: RestartPolicy::default(),
-        }
-    }
 }
 
 /// How a run went.
@@ -65,12 +56,20 @@ impl RunReport {
         text.push_str(&format!("pipeline {}\n", self.pipeline));
         line(&mut text, "events in", self.events_in.to_string());
         line(&mut text, "scored", self.scored.to_string());
-        line(&mut text, "dead-lettered", self.dead_lettered_total().to_string());
+        line(
+            &mut text,
+            "dead-lettered",
+            self.dead_lettered_total().to_string(),
+        );
         for (reason, count) in &self.dead_lettered {
             line(&mut text, &format!("  {reason}"), count.to_string());
         }
         line(&mut text, "elapsed", format!("{:.2} s", self.elapsed_secs));
-        line(&mut text, "throughput", format!("{:.0} events/s", self.events_per_sec));
+        line(
+            &mut text,
+            "throughput",
+            format!("{:.0} events/s", self.events_per_sec),
+        );
         line(
             &mut text,
             "latency read->sink",
@@ -84,9 +83,16 @@ impl RunReport {
         line(
             &mut text,
             "restarts",
-            format!("{} stage, {} generation", self.stage_restarts, self.generation_restarts),
+            format!(
+                "{} stage, {} generation",
+                self.stage_restarts, self.generation_restarts
+            ),
         );
-        line(&mut text, "peak memory", format!("{:.0} MB", self.peak_rss_mb));
+        line(
+            &mut text,
+            "peak memory",
+            format!("{:.0} MB", self.peak_rss_mb),
+        );
         for failure in &self.failures {
             line(&mut text, "FAILED", failure.clone());
         }
@@ -125,18 +131,24 @@ pub struct PipelineRun {
 }
 
 impl PipelineRun {
-    pub async fn start(resources: Arc<PipelineResources>, options: &RunOptions) -> anyhow::Result<Self> {
+    pub async fn start(
+        resources: Arc<PipelineResources>,
+        options: &RunOptions,
+    ) -> anyhow::Result<Self> {
         let spec = resources.spec.clone();
-        let store = Arc::new(FileCheckpointStore::new(&spec.checkpoint.dir, &spec.name).map_err(
-            |e| anyhow::anyhow!("checkpoint.dir: {}: {e}", spec.checkpoint.dir.display()),
-        )?);
+        let store = Arc::new(
+            FileCheckpointStore::new(&spec.checkpoint.dir, &spec.name).map_err(|e| {
+                anyhow::anyhow!("checkpoint.dir: {}: {e}", spec.checkpoint.dir.display())
+            })?,
+        );
         let policy = RestartPolicy {
             checkpoint_interval: spec.checkpoint_interval(),
             ..options.policy.clone()
         };
         let mut handles = Vec::new();
         for partition in 0..spec.partitions() {
-            let factory = PartitionFactory::new(resources.clone(), partition, policy.max_batch_attempts);
+            let factory =
+                PartitionFactory::new(resources.clone(), partition, policy.max_batch_attempts);
             let handle = PipelineHandle::spawn(PipelineArgs {
                 name: spec.name.clone(),
                 partition,
@@ -190,7 +202,11 @@ impl PipelineRun {
                 format!("{} {depth}/{capacity}", snapshots[0].stages[i].name)
             })
             .collect();
-        let freshness = snapshots.iter().map(|s| s.oldest_pending_ms).max().unwrap_or(0);
+        let freshness = snapshots
+            .iter()
+            .map(|s| s.oldest_pending_ms)
+            .max()
+            .unwrap_or(0);
         format!(
             "[{:>6.1}s] in {events_in} ({rate:.0}/s)  scored {scored}  dead {dead}  | queues {} | oldest in flight {freshness} ms | rss {:.0} MB",
             self.started.elapsed().as_secs_f64(),
@@ -203,12 +219,12 @@ impl PipelineRun {
     /// progress as asked, and reports.
     pub async fn wait(self, options: &RunOptions) -> RunReport {
         let mut last = (Instant::now(), 0);
-        let mut ticker = tokio::time::interval(options.progress.unwrap_or(Duration::from_millis(50)));
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
         let mut interrupted = false;
         while !self.is_finished() {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if options.progress.is_some() {
+                    if options.progress.is_some_and(|every| last.0.elapsed() >= every) {
                         eprintln!("{}", self.progress_line(&mut last));
                     }
                 }
@@ -255,7 +271,10 @@ impl PipelineRun {
 }
 
 /// Runs `resources`' pipeline to its end.
-pub async fn run_pipeline(resources: Arc<PipelineResources>, options: &RunOptions) -> anyhow::Result<RunReport> {
+pub async fn run_pipeline(
+    resources: Arc<PipelineResources>,
+    options: &RunOptions,
+) -> anyhow::Result<RunReport> {
     let run = PipelineRun::start(resources, options).await?;
     Ok(run.wait(options).await)
 }

@@ -344,9 +344,14 @@ impl Default for BatchingSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
+    #[serde(default = "default_checkpoint_dir")]
     pub dir: PathBuf,
     #[serde(default = "default_checkpoint_interval")]
     pub interval_ms: u64,
+}
+
+fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("mirador-out/checkpoints")
 }
 
 fn default_checkpoint_interval() -> u64 {
@@ -356,7 +361,7 @@ fn default_checkpoint_interval() -> u64 {
 impl Default for CheckpointSpec {
     fn default() -> Self {
         CheckpointSpec {
-            dir: PathBuf::from("mirador-out/checkpoints"),
+            dir: default_checkpoint_dir(),
             interval_ms: default_checkpoint_interval(),
         }
     }
@@ -368,8 +373,18 @@ impl PipelineSpec {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let spec: PipelineSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "spec".to_string() } else { path };
-            SpecError::new(field, e.into_inner().to_string())
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                path
+            };
+            let message = e.into_inner().to_string();
+            // serde_yaml names the field itself; say it once.
+            let message = message
+                .strip_prefix(&format!("{field}: "))
+                .map(str::to_string)
+                .unwrap_or(message);
+            SpecError::new(field, message)
         })?;
         spec.validate()?;
         Ok(spec)
@@ -412,11 +427,25 @@ impl PipelineSpec {
             }
             SourceSpec::Generator(generator) => {
                 if generator.events == Some(0) {
-                    return Err(SpecError::value("source.generator.events", 0, "must be at least 1"));
+                    return Err(SpecError::value(
+                        "source.generator.events",
+                        0,
+                        "must be at least 1",
+                    ));
                 }
                 in_range("source.generator.partitions", generator.partitions, 1, 256)?;
-                in_range("source.generator.customers", generator.customers, 1, 1_000_000_000)?;
-                in_range("source.generator.zipf_exponent", generator.zipf_exponent, 0.0, 10.0)?;
+                in_range(
+                    "source.generator.customers",
+                    generator.customers,
+                    1,
+                    1_000_000_000,
+                )?;
+                in_range(
+                    "source.generator.zipf_exponent",
+                    generator.zipf_exponent,
+                    0.0,
+                    10.0,
+                )?;
                 if generator.zipf_exponent <= 0.0 {
                     return Err(SpecError::value(
                         "source.generator.zipf_exponent",
@@ -424,7 +453,12 @@ impl PipelineSpec {
                         "must be greater than 0",
                     ));
                 }
-                in_range("source.generator.poison_ratio", generator.poison_ratio, 0.0, 1.0)?;
+                in_range(
+                    "source.generator.poison_ratio",
+                    generator.poison_ratio,
+                    0.0,
+                    1.0,
+                )?;
                 if let Some(rate) = generator.rate_per_sec {
                     if !(rate > 0.0 && rate.is_finite()) {
                         return Err(SpecError::value(
@@ -436,9 +470,24 @@ impl PipelineSpec {
                 }
             }
         }
-        in_range("decode.max_payload_bytes", self.decode.max_payload_bytes, 64, 16 << 20)?;
-        in_range("decode.max_clock_skew_secs", self.decode.max_clock_skew_secs, 0, 366 * 86400)?;
-        in_range("decode.max_event_age_days", self.decode.max_event_age_days, 1, 36500)?;
+        in_range(
+            "decode.max_payload_bytes",
+            self.decode.max_payload_bytes,
+            64,
+            16 << 20,
+        )?;
+        in_range(
+            "decode.max_clock_skew_secs",
+            self.decode.max_clock_skew_secs,
+            0,
+            366 * 86400,
+        )?;
+        in_range(
+            "decode.max_event_age_days",
+            self.decode.max_event_age_days,
+            1,
+            36500,
+        )?;
 
         let enrichment = &self.enrichment;
         non_empty_path("enrichment.table.path", &enrichment.table.path)?;
@@ -447,10 +496,18 @@ impl PipelineSpec {
         }
         for (i, feature) in enrichment.features.iter().enumerate() {
             if feature.is_empty() {
-                return Err(SpecError::value(format!("enrichment.features[{i}]"), feature, "empty name"));
+                return Err(SpecError::value(
+                    format!("enrichment.features[{i}]"),
+                    feature,
+                    "empty name",
+                ));
             }
             if enrichment.features[..i].contains(feature) {
-                return Err(SpecError::value(format!("enrichment.features[{i}]"), feature, "listed twice"));
+                return Err(SpecError::value(
+                    format!("enrichment.features[{i}]"),
+                    feature,
+                    "listed twice",
+                ));
             }
         }
         for (name, value) in &enrichment.defaults {
@@ -462,20 +519,42 @@ impl PipelineSpec {
                 ));
             }
             if !value.is_finite() {
-                return Err(SpecError::value(format!("enrichment.defaults.{name}"), value, "must be a finite number"));
+                return Err(SpecError::value(
+                    format!("enrichment.defaults.{name}"),
+                    value,
+                    "must be a finite number",
+                ));
             }
         }
-        in_range("enrichment.cache.max_bytes", enrichment.cache.max_bytes, 0, 64 << 30)?;
-        in_range("enrichment.cache.ttl_secs", enrichment.cache.ttl_secs, 1, 7 * 86400)?;
+        in_range(
+            "enrichment.cache.max_bytes",
+            enrichment.cache.max_bytes,
+            0,
+            64 << 30,
+        )?;
+        in_range(
+            "enrichment.cache.ttl_secs",
+            enrichment.cache.ttl_secs,
+            1,
+            7 * 86400,
+        )?;
         in_range("enrichment.timeout_ms", enrichment.timeout_ms, 1, 60_000)?;
         in_range("enrichment.retries", enrichment.retries, 0, 100)?;
 
         let model = &self.model;
         if model.name.is_empty() {
-            return Err(SpecError::value("model.name", &model.name, "must not be empty"));
+            return Err(SpecError::value(
+                "model.name",
+                &model.name,
+                "must not be empty",
+            ));
         }
         if model.version.is_empty() {
-            return Err(SpecError::value("model.version", &model.version, "must not be empty"));
+            return Err(SpecError::value(
+                "model.version",
+                &model.version,
+                "must not be empty",
+            ));
         }
         non_empty_path("model.path", &model.path)?;
         in_range("model.max_batch_rows", model.max_batch_rows, 1, 1 << 20)?;
@@ -496,10 +575,25 @@ impl PipelineSpec {
                 ));
             }
         }
-        in_range("batching.max_records", self.batching.max_records, 1, 1 << 20)?;
-        in_range("batching.link_capacity", self.batching.link_capacity, 1, 1024)?;
+        in_range(
+            "batching.max_records",
+            self.batching.max_records,
+            1,
+            1 << 20,
+        )?;
+        in_range(
+            "batching.link_capacity",
+            self.batching.link_capacity,
+            1,
+            1024,
+        )?;
         non_empty_path("checkpoint.dir", &self.checkpoint.dir)?;
-        in_range("checkpoint.interval_ms", self.checkpoint.interval_ms, 10, 3_600_000)?;
+        in_range(
+            "checkpoint.interval_ms",
+            self.checkpoint.interval_ms,
+            10,
+            3_600_000,
+        )?;
         Ok(())
     }
 
@@ -597,15 +691,51 @@ dead_letter:
     #[test]
     fn a_bad_value_is_named_with_the_value() {
         let cases = [
-            (SPEC.replace("name: t", "name: 'bad name'"), "name", "bad name"),
-            (SPEC.replace("events: 10", "events: 0"), "source.generator.events", "0"),
-            (SPEC.replace("events: 10", "poison_ratio: 1.5"), "source.generator.poison_ratio", "1.5"),
-            (SPEC.replace("[a, b]", "[a, a]"), "enrichment.features[1]", "\"a\""),
-            (SPEC.replace("{a: 1.5}", "{z: 1.5}"), "enrichment.defaults.z", "\"z\""),
-            (SPEC.replace("version: \"1\"", "version: \"1\"\n  max_batch_rows: 0"), "model.max_batch_rows", "0"),
-            (SPEC.replace("version: \"1\"", "version: \"1\"\n  device: tpu"), "model.device", "tpu"),
-            (SPEC.replace("dead.jsonl", ""), "dead_letter.file.path", "empty"),
-            (format!("{SPEC}batching:\n  link_capacity: 0\n"), "batching.link_capacity", "0"),
+            (
+                SPEC.replace("name: t", "name: 'bad name'"),
+                "name",
+                "bad name",
+            ),
+            (
+                SPEC.replace("events: 10", "events: 0"),
+                "source.generator.events",
+                "0",
+            ),
+            (
+                SPEC.replace("events: 10", "poison_ratio: 1.5"),
+                "source.generator.poison_ratio",
+                "1.5",
+            ),
+            (
+                SPEC.replace("[a, b]", "[a, a]"),
+                "enrichment.features[1]",
+                "\"a\"",
+            ),
+            (
+                SPEC.replace("{a: 1.5}", "{z: 1.5}"),
+                "enrichment.defaults.z",
+                "\"z\"",
+            ),
+            (
+                SPEC.replace("version: \"1\"", "version: \"1\"\n  max_batch_rows: 0"),
+                "model.max_batch_rows",
+                "0",
+            ),
+            (
+                SPEC.replace("version: \"1\"", "version: \"1\"\n  device: tpu"),
+                "model.device",
+                "tpu",
+            ),
+            (
+                SPEC.replace("dead.jsonl", ""),
+                "dead_letter.file.path",
+                "empty",
+            ),
+            (
+                format!("{SPEC}batching:\n  link_capacity: 0\n"),
+                "batching.link_capacity",
+                "0",
+            ),
         ];
         for (yaml, field, value) in cases {
             let e = error(&yaml);

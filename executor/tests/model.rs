@@ -19,20 +19,31 @@ struct Case {
 }
 
 fn expected() -> Expected {
-    let text = std::fs::read_to_string(common::repo().join("models/propensity-v1.expected.json")).unwrap();
+    let text =
+        std::fs::read_to_string(common::repo().join("models/propensity-v1.expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 #[test]
 fn scores_match_the_training_script() {
     let expected = expected();
-    let mut model = TorchModel::load(&common::demo_model(), DeviceSpec::Cpu, expected.input_width).unwrap();
-    let rows: Vec<f32> = expected.cases.iter().flat_map(|c| c.input.iter().copied()).collect();
+    let mut model =
+        TorchModel::load(&common::demo_model(), DeviceSpec::Cpu, expected.input_width).unwrap();
+    let rows: Vec<f32> = expected
+        .cases
+        .iter()
+        .flat_map(|c| c.input.iter().copied())
+        .collect();
     let scores = model.score(&rows, expected.cases.len()).unwrap();
     assert_eq!(scores.outputs, 1);
     assert_eq!(scores.values.len(), expected.cases.len());
     for (case, score) in expected.cases.iter().zip(&scores.values) {
-        assert!((case.score - score).abs() < 1e-5, "input {:?}: {score} != {}", case.input, case.score);
+        assert!(
+            (case.score - score).abs() < 1e-5,
+            "input {:?}: {score} != {}",
+            case.input,
+            case.score
+        );
     }
     // One row at a time gives the same scores.
     for case in &expected.cases {
@@ -43,9 +54,13 @@ fn scores_match_the_training_script() {
 
 #[test]
 fn a_model_of_another_width_is_refused_at_load() {
-    let error = TorchModel::load(&common::demo_model(), DeviceSpec::Cpu, 12).err().expect("width 12 is wrong");
+    let error = TorchModel::load(&common::demo_model(), DeviceSpec::Cpu, 12)
+        .err()
+        .expect("width 12 is wrong");
     assert!(error.to_string().contains("model.path"), "{error}");
-    let error = TorchModel::load(&common::repo().join("models/none.pt"), DeviceSpec::Cpu, 16).err().expect("no file");
+    let error = TorchModel::load(&common::repo().join("models/none.pt"), DeviceSpec::Cpu, 16)
+        .err()
+        .expect("no file");
     assert!(error.to_string().contains("model.path"), "{error}");
 }
 

@@ -13,7 +13,7 @@ const ENTRY_OVERHEAD_BYTES: u32 = 96;
 pub struct FeatureCache {
     /// `None` remembers an unknown customer, so that misses are not looked up again and
     /// again within the TTL.
-    cache: moka::sync::Cache<Box<str>, Option<Features>>,
+    cache: moka::sync::Cache<Arc<str>, Option<Features>>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
 }
@@ -22,7 +22,7 @@ impl FeatureCache {
     pub fn new(max_bytes: u64, ttl: Duration) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &Box<str>, value: &Option<Features>| {
+            .weigher(|key: &Arc<str>, value: &Option<Features>| {
                 let values = value.as_ref().map_or(0, |v| v.len() * 4) as u32;
                 key.len() as u32 + values + ENTRY_OVERHEAD_BYTES
             })
@@ -52,7 +52,10 @@ impl FeatureCache {
 
     /// (hits, misses) so far.
     pub fn counts(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Bytes held, by the weigher's account; settles after pending maintenance.
@@ -72,7 +75,11 @@ mod tests {
         for i in 0..10_000 {
             cache.insert(&format!("c{i:06}"), Some(vec![0.0; 7].into()));
         }
-        assert!(cache.weighted_size() <= 64 * 1024, "{}", cache.weighted_size());
+        assert!(
+            cache.weighted_size() <= 64 * 1024,
+            "{}",
+            cache.weighted_size()
+        );
         assert!(cache.weighted_size() > 0);
     }
 

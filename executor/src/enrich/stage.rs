@@ -44,7 +44,10 @@ impl EnrichStage {
 
     /// Looks `keys` up, retrying with backoff and jitter. An `Err` after the last retry
     /// fails the stage: the batch is tried again after a restart, never dropped.
-    async fn lookup_with_retries(&self, keys: &[&str]) -> Result<Vec<Option<Features>>, StageError> {
+    async fn lookup_with_retries(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Features>>, StageError> {
         let mut attempt = 0;
         loop {
             let error = match tokio::time::timeout(self.timeout, self.lookup.lookup(keys)).await {
@@ -103,7 +106,10 @@ impl Stage for EnrichStage {
         for (record, entry) in batch.iter().zip(found) {
             let features = match entry {
                 Some(features) => features,
-                None => missing.get(record.event.customer_id.as_str()).cloned().flatten(),
+                None => missing
+                    .get(record.event.customer_id.as_str())
+                    .cloned()
+                    .flatten(),
             };
             let (features, feature_source) = match (features, self.on_miss) {
                 (Some(features), _) => (features, FeatureSource::Lookup),

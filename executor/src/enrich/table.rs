@@ -18,8 +18,9 @@ impl CsvFeatureTable {
     /// Loads the columns `features`, in that order. An unknown column, a row of the wrong
     /// width or a value that is not a number is an error naming the line.
     pub fn load(path: &Path, features: &[String]) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("enrichment.table.path: cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("enrichment.table.path: cannot read {}: {e}", path.display())
+        })?;
         Self::parse(&text, features).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
@@ -50,14 +51,28 @@ impl CsvFeatureTable {
             }
             let cells: Vec<&str> = line.split(',').map(str::trim).collect();
             if cells.len() != columns.len() {
-                anyhow::bail!("line {}: {} cells, the header has {}", number + 1, cells.len(), columns.len());
+                anyhow::bail!(
+                    "line {}: {} cells, the header has {}",
+                    number + 1,
+                    cells.len(),
+                    columns.len()
+                );
             }
             let values = indexes
                 .iter()
                 .map(|&i| {
-                    cells[i].parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
-                        anyhow::anyhow!("line {}: {} = {:?} is not a number", number + 1, columns[i], cells[i])
-                    })
+                    cells[i]
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "line {}: {} = {:?} is not a number",
+                                number + 1,
+                                columns[i],
+                                cells[i]
+                            )
+                        })
                 })
                 .collect::<anyhow::Result<Vec<f32>>>()?;
             rows.insert(cells[0].into(), values.into());
@@ -106,7 +121,8 @@ mod tests {
 
     #[test]
     fn loads_the_named_columns_in_the_asked_order() {
-        let table = CsvFeatureTable::parse("id,a,b\nc1,1,2\nc2,3,4\n", &names(&["b", "a"])).unwrap();
+        let table =
+            CsvFeatureTable::parse("id,a,b\nc1,1,2\nc2,3,4\n", &names(&["b", "a"])).unwrap();
         assert_eq!(table.len(), 2);
         assert_eq!(&*table.get("c2").unwrap(), &[4.0, 3.0]);
         assert!(table.get("c3").is_none());
@@ -114,11 +130,17 @@ mod tests {
 
     #[test]
     fn names_what_is_wrong() {
-        let err = CsvFeatureTable::parse("id,a\nc1,1\n", &names(&["z"])).err().unwrap();
+        let err = CsvFeatureTable::parse("id,a\nc1,1\n", &names(&["z"]))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("enrichment.features[0]"), "{err}");
-        let err = CsvFeatureTable::parse("id,a\nc1,x\n", &names(&["a"])).err().unwrap();
+        let err = CsvFeatureTable::parse("id,a\nc1,x\n", &names(&["a"]))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("line 2"), "{err}");
-        let err = CsvFeatureTable::parse("id,a\nc1,1,2\n", &names(&["a"])).err().unwrap();
+        let err = CsvFeatureTable::parse("id,a\nc1,1,2\n", &names(&["a"]))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

@@ -132,7 +132,11 @@ pub struct BatcherGone;
 impl BatcherClient {
     /// Scores `n` rows. The outer error means the batcher is gone; the inner one that the
     /// model failed on these rows.
-    pub async fn score(&self, rows: Vec<f32>, n: usize) -> Result<Result<Scores, ModelError>, BatcherGone> {
+    pub async fn score(
+        &self,
+        rows: Vec<f32>,
+        n: usize,
+    ) -> Result<Result<Scores, ModelError>, BatcherGone> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             rows,
@@ -269,22 +273,38 @@ impl<S: Scorer> BatchLoop<S> {
     }
 }
 
-/// The batchers of a node, one per (model file, version, device), shared by every
-/// partition of every pipeline.
+/// A model file and version on a device, with its batching settings.
+type BatcherKey = (PathBuf, String, String, usize, u64, usize);
+
+/// The batchers of a node, one per (model file, version, device) and batching settings,
+/// shared by every partition of every pipeline.
 #[derive(Default)]
 pub struct InferencePool {
-    batchers: Mutex<HashMap<(PathBuf, String, String), Arc<InferenceBatcher>>>,
+    batchers: Mutex<HashMap<BatcherKey, Arc<InferenceBatcher>>>,
 }
 
 impl InferencePool {
-    pub fn batcher(&self, spec: &ModelSpec, width: usize) -> Result<Arc<InferenceBatcher>, ModelError> {
+    pub fn batcher(
+        &self,
+        spec: &ModelSpec,
+        width: usize,
+    ) -> Result<Arc<InferenceBatcher>, ModelError> {
         let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (spec.path.clone(), spec.version.clone(), format!("{:?}", spec.device));
+        let key = (
+            spec.path.clone(),
+            spec.version.clone(),
+            format!("{:?}", spec.device),
+            spec.max_batch_rows,
+            spec.max_wait_ms,
+            spec.threads,
+        );
         if let Some(batcher) = batchers.get(&key) {
             if batcher.input_width() != width {
                 return Err(ModelError(format!(
                     "model {} v{} is already running with {} features per row, not {width}",
-                    spec.name, spec.version, batcher.input_width()
+                    spec.name,
+                    spec.version,
+                    batcher.input_width()
                 )));
             }
             return Ok(batcher.clone());
@@ -309,4 +329,3 @@ impl InferencePool {
         batchers.values().map(|b| b.stats()).collect()
     }
 }
-

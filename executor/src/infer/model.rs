@@ -38,16 +38,31 @@ impl TorchModel {
             DeviceSpec::Cpu => Device::Cpu,
             DeviceSpec::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
             DeviceSpec::Cuda => {
-                return Err(ModelError("model.device: cuda, but no CUDA device is visible".into()))
+                return Err(ModelError(
+                    "model.device: cuda, but no CUDA device is visible".into(),
+                ))
             }
         };
+        if !path.is_file() {
+            return Err(ModelError(format!(
+                "model.path: {} is not a file",
+                path.display()
+            )));
+        }
         let mut module = CModule::load_on_device(path, device)
             .map_err(|e| ModelError(format!("model.path: cannot load {}: {e}", path.display())))?;
         module.set_eval();
-        let mut model = TorchModel { module, device, width };
-        model
-            .score(&vec![0.0; width], 1)
-            .map_err(|e| ModelError(format!("model.path: {} does not take {width} features per row: {e}", path.display())))?;
+        let mut model = TorchModel {
+            module,
+            device,
+            width,
+        };
+        model.score(&vec![0.0; width], 1).map_err(|e| {
+            ModelError(format!(
+                "model.path: {} does not take {width} features per row: {e}",
+                path.display()
+            ))
+        })?;
         Ok(model)
     }
 
@@ -70,7 +85,10 @@ impl Scorer for TorchModel {
             )));
         }
         if n == 0 {
-            return Ok(Scores { values: Vec::new(), outputs: 1 });
+            return Ok(Scores {
+                values: Vec::new(),
+                outputs: 1,
+            });
         }
         let input = Tensor::from_slice(rows)
             .view([n as i64, self.width as i64])
@@ -82,7 +100,11 @@ impl Scorer for TorchModel {
         let outputs = match dims.as_slice() {
             [rows, outputs] if *rows == n as i64 => *outputs as usize,
             [rows] if *rows == n as i64 => 1,
-            other => return Err(ModelError(format!("model returned shape {other:?} for {n} rows"))),
+            other => {
+                return Err(ModelError(format!(
+                    "model returned shape {other:?} for {n} rows"
+                )))
+            }
         };
         let values = Vec::<f32>::try_from(output.flatten(0, -1))
             .map_err(|e| ModelError(format!("cannot read scores: {e}")))?;

@@ -79,7 +79,12 @@ impl Stage for InferStage {
             Ok(scores) => scores,
             Err(error) => {
                 for record in scored {
-                    out.reject(STAGE, &record.origin, ReasonCode::ModelError, error.to_string());
+                    out.reject(
+                        STAGE,
+                        &record.origin,
+                        ReasonCode::ModelError,
+                        error.to_string(),
+                    );
                 }
                 return Ok(());
             }

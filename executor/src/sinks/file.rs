@@ -63,6 +63,9 @@ mod tests {
         drop(file);
         let mut file = JsonlFile::open(&path).unwrap();
         file.append(b"{\"c\":3}\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"c\":3}\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
     }
 }

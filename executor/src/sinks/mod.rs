@@ -60,7 +60,10 @@ impl LatencyRecorder {
     }
 
     pub fn reset(&self) {
-        self.histogram.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        self.histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
     }
 }
 

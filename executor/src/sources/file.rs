@@ -89,10 +89,12 @@ impl Source for FileSource {
         while lines.len() < self.batch_records {
             line.clear();
             let start = self.offset;
-            let consumed = self.read_line(&mut line).map_err(|e| StageError::Unavailable {
-                service: "file",
-                message: format!("{}: {e}", self.path.display()),
-            })?;
+            let consumed = self
+                .read_line(&mut line)
+                .map_err(|e| StageError::Unavailable {
+                    service: "file",
+                    message: format!("{}: {e}", self.path.display()),
+                })?;
             if consumed == 0 {
                 break;
             }

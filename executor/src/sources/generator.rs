@@ -49,7 +49,11 @@ impl Poison {
 /// Event types with their share of traffic, and the channels each comes through.
 const MIX: [(EventType, f64, &[&str]); 8] = [
     (EventType::PageView, 0.42, &["web", "app"]),
-    (EventType::AdClick, 0.15, &["paid_search", "paid_social", "display"]),
+    (
+        EventType::AdClick,
+        0.15,
+        &["paid_search", "paid_social", "display"],
+    ),
     (EventType::EmailOpen, 0.10, &["email"]),
     (EventType::EmailClick, 0.05, &["email"]),
     (EventType::AddToCart, 0.11, &["web", "app"]),
@@ -76,7 +80,12 @@ fn mix64(mut z: u64) -> u64 {
 }
 
 impl EventFactory {
-    pub fn new(spec: &GeneratorSpec, partition: u32, format: PayloadFormat, max_payload_bytes: usize) -> Self {
+    pub fn new(
+        spec: &GeneratorSpec,
+        partition: u32,
+        format: PayloadFormat,
+        max_payload_bytes: usize,
+    ) -> Self {
         EventFactory {
             seed: spec.seed,
             partition,
@@ -89,7 +98,9 @@ impl EventFactory {
     }
 
     fn rng(&self, seq: u64) -> SmallRng {
-        SmallRng::seed_from_u64(mix64(self.seed ^ mix64(((self.partition as u64) << 40) ^ seq)))
+        SmallRng::seed_from_u64(mix64(
+            self.seed ^ mix64(((self.partition as u64) << 40) ^ seq),
+        ))
     }
 
     /// The event id of record `seq`.
@@ -148,7 +159,9 @@ impl EventFactory {
         if self.poison_ratio <= 0.0 {
             return None;
         }
-        let mut rng = SmallRng::seed_from_u64(mix64(self.seed.rotate_left(17) ^ mix64(((self.partition as u64) << 40) ^ seq)));
+        let mut rng = SmallRng::seed_from_u64(mix64(
+            self.seed.rotate_left(17) ^ mix64(((self.partition as u64) << 40) ^ seq),
+        ));
         (rng.random::<f64>() < self.poison_ratio)
             .then(|| Poison::ALL[rng.random_range(0..Poison::ALL.len())])
     }
@@ -166,18 +179,23 @@ impl EventFactory {
                     out.extend_from_slice(b"\xff\xff\xff\xff not a protobuf message");
                     return;
                 }
-                Some(Poison::MissingCustomerId | Poison::EmptyCustomerId) => event.customer_id.clear(),
+                Some(Poison::MissingCustomerId | Poison::EmptyCustomerId) => {
+                    event.customer_id.clear()
+                }
                 Some(Poison::UnknownEventType) => {}
                 Some(Poison::Oversized) => {
-                    event.attributes.insert("padding".into(), "x".repeat(self.oversize_bytes));
+                    event
+                        .attributes
+                        .insert("padding".into(), "x".repeat(self.oversize_bytes));
                 }
                 Some(Poison::FutureTimestamp) => event.event_time = now_ms + 86_400_000 * 2,
                 Some(Poison::AncientTimestamp) => event.event_time = 1000,
             }
             let mut message = to_protobuf(&event);
             if poison == Some(Poison::UnknownEventType) {
-                let mut proto = <mirador_proto::records::Event as prost::Message>::decode(&message[..])
-                    .expect("just encoded");
+                let mut proto =
+                    <mirador_proto::records::Event as prost::Message>::decode(&message[..])
+                        .expect("just encoded");
                 proto.event_type = "teleport".into();
                 message = prost::Message::encode_to_vec(&proto);
             }
@@ -196,23 +214,39 @@ impl EventFactory {
                 out[at] = 0xff;
             }
             Some(Poison::MissingCustomerId) => {
-                let _ = write!(out, r#"{{"event_id":"{}","event_type":"page_view","event_time":"{}"}}"#,
-                    event.event_id, crate::event::format_millis(event.event_time));
+                let _ = write!(
+                    out,
+                    r#"{{"event_id":"{}","event_type":"page_view","event_time":"{}"}}"#,
+                    event.event_id,
+                    crate::event::format_millis(event.event_time)
+                );
             }
             Some(Poison::EmptyCustomerId) => {
                 event.customer_id.clear();
                 write_json(&event, out);
             }
             Some(Poison::WrongType) => {
-                let _ = write!(out, r#"{{"event_id":"{}","customer_id":"{}","event_type":"purchase","value":"a lot","event_time":"{}"}}"#,
-                    event.event_id, event.customer_id, crate::event::format_millis(event.event_time));
+                let _ = write!(
+                    out,
+                    r#"{{"event_id":"{}","customer_id":"{}","event_type":"purchase","value":"a lot","event_time":"{}"}}"#,
+                    event.event_id,
+                    event.customer_id,
+                    crate::event::format_millis(event.event_time)
+                );
             }
             Some(Poison::UnknownEventType) => {
-                let _ = write!(out, r#"{{"event_id":"{}","customer_id":"{}","event_type":"teleport","event_time":"{}"}}"#,
-                    event.event_id, event.customer_id, crate::event::format_millis(event.event_time));
+                let _ = write!(
+                    out,
+                    r#"{{"event_id":"{}","customer_id":"{}","event_type":"teleport","event_time":"{}"}}"#,
+                    event.event_id,
+                    event.customer_id,
+                    crate::event::format_millis(event.event_time)
+                );
             }
             Some(Poison::Oversized) => {
-                event.attributes.insert("padding".into(), "x".repeat(self.oversize_bytes));
+                event
+                    .attributes
+                    .insert("padding".into(), "x".repeat(self.oversize_bytes));
                 write_json(&event, out);
             }
             Some(Poison::FutureTimestamp) => {
@@ -288,7 +322,13 @@ impl Source for GeneratorSource {
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let end = self.next + count;
-        let ack = self.tracker.open(count as usize, Position { partition: self.partition, offset: end });
+        let ack = self.tracker.open(
+            count as usize,
+            Position {
+                partition: self.partition,
+                offset: end,
+            },
+        );
         let read_at = Instant::now();
         let mut buf = Vec::with_capacity(512);
         let batch = (self.next..end)
@@ -297,7 +337,10 @@ impl Source for GeneratorSource {
                 RawRecord {
                     origin: Origin {
                         ack,
-                        position: Position { partition: self.partition, offset: seq },
+                        position: Position {
+                            partition: self.partition,
+                            offset: seq,
+                        },
                         payload: Bytes::copy_from_slice(&buf),
                         read_at,
                     },

@@ -34,7 +34,13 @@ pub fn feature_names() -> Vec<String> {
 
 /// A spec over the demo model and features; `source`, `sink` and `dead_letter` are YAML
 /// blocks indented by two spaces.
-pub fn spec_yaml(name: &str, source: &str, sink: &str, dead_letter: &str, checkpoints: &std::path::Path) -> String {
+pub fn spec_yaml(
+    name: &str,
+    source: &str,
+    sink: &str,
+    dead_letter: &str,
+    checkpoints: &std::path::Path,
+) -> String {
     format!(
         r#"
 name: {name}
@@ -96,7 +102,9 @@ impl Actor for Parent {
     ) -> Result<(), ActorProcessingErr> {
         let _ = match event {
             SupervisionEvent::ActorTerminated(..) => events.send(ChildEvent::Terminated),
-            SupervisionEvent::ActorFailed(_, error) => events.send(ChildEvent::Failed(error.to_string())),
+            SupervisionEvent::ActorFailed(_, error) => {
+                events.send(ChildEvent::Failed(error.to_string()))
+            }
             _ => Ok(()),
         };
         Ok(())
