@@ -88,9 +88,80 @@ fn serialize_millis<S: Serializer>(millis: &i64, serializer: S) -> Result<S::Ok,
 
 /// RFC 3339 with milliseconds, in UTC.
 pub fn format_millis(millis: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    let mut out = Vec::with_capacity(24);
+    write_millis(millis, &mut out);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// Writes `millis` as RFC 3339 with milliseconds (`2026-11-27T15:04:05.123Z`). Years
+/// outside 0..=9999 are written by chrono; the common case is done by hand because the
+/// generator and the sinks write one per record.
+pub fn write_millis(millis: i64, out: &mut Vec<u8>) {
+    const YEAR_0: i64 = -62_167_219_200_000;
+    const YEAR_10000: i64 = 253_402_300_800_000;
+    if !(YEAR_0..YEAR_10000).contains(&millis) {
+        let text = DateTime::<Utc>::from_timestamp_millis(millis)
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let days = millis.div_euclid(86_400_000);
+    let in_day = millis.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let digits = |out: &mut Vec<u8>, value: i64, width: u32| {
+        for i in (0..width).rev() {
+            out.push(b'0' + (value / 10i64.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, month, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, in_day / 3_600_000, 2);
+    out.push(b':');
+    digits(out, in_day / 60_000 % 60, 2);
+    out.push(b':');
+    digits(out, in_day / 1000 % 60, 2);
+    out.push(b'.');
+    digits(out, in_day % 1000, 3);
+    out.push(b'Z');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_rfc3339_like_chrono() {
+        for millis in [
+            0,
+            1,
+            951_782_400_000, // 2000-02-29
+            1_790_000_000_123,
+            4_102_444_799_999, // 2099-12-31T23:59:59.999
+            -1,
+            -62_167_219_200_000, // year 0
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // year 10000: chrono's form
+        ] {
+            let expected = DateTime::<Utc>::from_timestamp_millis(millis)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            assert_eq!(format_millis(millis), expected, "{millis}");
+        }
+    }
 }
 
 /// The bytes a source read, not yet decoded.

@@ -84,33 +84,37 @@ impl Stage for EnrichStage {
         batch: &[DecodedRecord],
         out: &mut Output<EnrichedRecord>,
     ) -> Result<(), StageError> {
-        let mut found: Vec<Option<Option<Features>>> = Vec::with_capacity(batch.len());
-        let mut missing: HashMap<&str, Option<Features>> = HashMap::new();
+        // Each distinct customer of the batch is resolved once: from the cache, else by
+        // one lookup for all the missing ones. `None`: not resolved yet.
+        let mut resolved: HashMap<&str, Option<Option<Features>>> =
+            HashMap::with_capacity(batch.len());
+        let mut missing: Vec<&str> = Vec::new();
+        let mut hits = 0u64;
         for record in batch {
-            let entry = self.cache.get(&record.event.customer_id);
-            if entry.is_none() {
-                missing.insert(&record.event.customer_id, None);
-            }
-            found.push(entry);
+            let key = record.event.customer_id.as_str();
+            let entry = resolved.entry(key).or_insert_with(|| {
+                let cached = self.cache.get(key);
+                if cached.is_none() {
+                    missing.push(key);
+                }
+                cached
+            });
+            hits += u64::from(entry.is_some());
         }
-        let hits = found.iter().filter(|f| f.is_some()).count();
-        self.cache.count(hits as u64, (batch.len() - hits) as u64);
+        self.cache.count(hits, batch.len() as u64 - hits);
         if !missing.is_empty() {
-            let keys: Vec<&str> = missing.keys().copied().collect();
-            let values = self.lookup_with_retries(&keys).await?;
-            for (key, value) in keys.into_iter().zip(values) {
+            let values = self.lookup_with_retries(&missing).await?;
+            for (key, value) in missing.into_iter().zip(values) {
                 self.cache.insert(key, value.clone());
-                missing.insert(key, value);
+                resolved.insert(key, Some(value));
             }
         }
-        for (record, entry) in batch.iter().zip(found) {
-            let features = match entry {
-                Some(features) => features,
-                None => missing
-                    .get(record.event.customer_id.as_str())
-                    .cloned()
-                    .flatten(),
-            };
+        for record in batch {
+            let features = resolved
+                .get(record.event.customer_id.as_str())
+                .cloned()
+                .flatten()
+                .flatten();
             let (features, feature_source) = match (features, self.on_miss) {
                 (Some(features), _) => (features, FeatureSource::Lookup),
                 (None, MissPolicy::Default) => (self.defaults.clone(), FeatureSource::Default),

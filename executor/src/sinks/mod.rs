@@ -92,10 +92,11 @@ pub trait SinkObserver<T>: Send + Sync + 'static {
 
 impl SinkObserver<ScoredRecord> for LatencyRecorder {
     fn observe(&self, batch: &[ScoredRecord]) {
+        let now = std::time::Instant::now();
         self.record_batch(
             batch
                 .iter()
-                .map(|r| r.origin.read_at.elapsed().as_micros() as u64),
+                .map(|r| now.saturating_duration_since(r.origin.read_at).as_micros() as u64),
         );
     }
 }
