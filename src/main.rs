@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, default_value_t = 3_000_000)]
         events: u64,
         /// Events each stage is measured on alone.
-        #[arg(long, default_value_t = 500_000)]
+        #[arg(long, default_value_t = 300_000)]
         stage_events: usize,
         /// Generator partitions of the end-to-end run.
         #[arg(long, default_value_t = 1)]
@@ -195,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 events,
                 stage_events,
                 half_rate_secs: 5.0,
+                repeats: 3,
             };
             let report = run_bench(spec, &options).await;
             let _ = std::fs::remove_dir_all(&scratch);
