@@ -6,8 +6,9 @@
 //! by the supervisor after a panic or an error picks up the very batch that failed.
 
 use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
@@ -17,6 +18,9 @@ use crate::link::{LinkReceiver, LinkSender};
 use crate::record::Traced;
 use crate::stage::{Output, Source, Stage, StageError};
 use crate::stats::StageStats;
+
+const UNAVAILABLE_BACKOFF_INITIAL: Duration = Duration::from_millis(20);
+const UNAVAILABLE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One stage of a generation, as the supervisor sees it: something it can (re)spawn.
 pub trait StageSlot: Send + Sync + 'static {
@@ -197,7 +201,24 @@ impl<S: Stage> StageState<S> {
                 out.reject(name, record.origin(), ReasonCode::StageFailed, &message);
             }
         } else {
-            self.stage.handle(&inflight.batch, &mut out).await?;
+            let mut backoff = UNAVAILABLE_BACKOFF_INITIAL;
+            loop {
+                match self.stage.handle(&inflight.batch, &mut out).await {
+                    Ok(()) => break,
+                    // An outside service is down: wait and try the same batch again, as long
+                    // as it takes. The pipeline slows down behind this stage; nothing is lost
+                    // and the restart budget is kept for real faults.
+                    Err(StageError::Unavailable { service, message }) => {
+                        shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(stage = name, service, %message, ?backoff,
+                            "service unavailable, retrying the batch");
+                        out = Output::with_capacity(inflight.batch.len());
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(UNAVAILABLE_BACKOFF_MAX);
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
         }
         let busy_ns = started.elapsed().as_nanos() as u64;
         let (records_in, records_out, dead) =

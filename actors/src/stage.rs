@@ -41,14 +41,15 @@ impl<T> Output<T> {
 /// How a stage failed, classified by what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    /// An outside service failed; the supervisor restarts the stage with backoff and the
-    /// batch is tried again.
+    /// An outside service is down: the stage tries the same batch again after a backoff,
+    /// for as long as it takes, and the pipeline slows down behind it.
     #[error("{service} unavailable: {message}")]
     Unavailable {
         service: &'static str,
         message: String,
     },
-    /// Our own bug or a broken invariant; the stage is restarted.
+    /// Our own bug or a broken invariant: the supervisor restarts the stage, which tries
+    /// the batch again; past the restart budget the whole generation restarts.
     #[error("{0}")]
     Internal(String),
     /// Nothing can be done: the partition pipeline stops and reports it.

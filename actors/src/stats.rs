@@ -13,6 +13,8 @@ pub struct StageStats {
     pub records_out: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub restarts: AtomicU64,
+    /// Batches tried again because an outside service was unavailable.
+    pub retries: AtomicU64,
     pub busy_ns: AtomicU64,
     links: Mutex<StageLinks>,
 }
@@ -32,6 +34,7 @@ pub struct StageSnapshot {
     pub records_out: u64,
     pub dead_lettered: u64,
     pub restarts: u64,
+    pub retries: u64,
     pub busy_ms: u64,
     /// Batches waiting in the stage's input link.
     pub queue_depth: usize,
@@ -68,6 +71,7 @@ impl StageStats {
             records_out: self.records_out.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
             busy_ms: self.busy_ns.load(Ordering::Relaxed) / 1_000_000,
             queue_depth: input.map_or(0, |g| g.depth.load(Ordering::Relaxed)),
             queue_capacity: input.map_or(0, |g| g.capacity.load(Ordering::Relaxed)),

@@ -68,7 +68,14 @@ fn id_of(origin: &Origin) -> u64 {
 struct FlakyStage {
     poison: u64,
     failures_left: Arc<AtomicU32>,
-    panic: bool,
+    fault: Fault,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Panic,
+    Error,
+    Unavailable,
 }
 
 impl Stage for FlakyStage {
@@ -89,10 +96,14 @@ impl Stage for FlakyStage {
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok()
             {
-                if self.panic {
-                    panic!("flaky stage panics on {}", self.poison);
-                }
-                return Err(StageError::internal("flaky stage fails"));
+                return match self.fault {
+                    Fault::Panic => panic!("flaky stage panics on {}", self.poison),
+                    Fault::Error => Err(StageError::internal("flaky stage fails")),
+                    Fault::Unavailable => Err(StageError::Unavailable {
+                        service: "test service",
+                        message: "down".into(),
+                    }),
+                };
             }
             out.push(origin.clone());
         }
@@ -140,7 +151,7 @@ struct Fixture {
     total: u64,
     poison: u64,
     failures: Arc<AtomicU32>,
-    panic: bool,
+    fault: Fault,
     max_attempts: u32,
     seen: Seen,
     stats: Vec<Arc<StageStats>>,
@@ -165,13 +176,13 @@ impl GenerationFactory for Fixture {
                 source_tx,
                 self.stats[0].clone(),
             );
-            let (poison, failures, panic) = (self.poison, self.failures.clone(), self.panic);
+            let (poison, failures, fault) = (self.poison, self.failures.clone(), self.fault);
             let flaky = StageRunner::new(
                 move || {
                     Ok(FlakyStage {
                         poison,
                         failures_left: failures.clone(),
-                        panic,
+                        fault,
                     })
                 },
                 source_rx,
@@ -257,12 +268,12 @@ async fn run(
     (exit, seen, snapshot)
 }
 
-fn fixture(poison: u64, failures: u32, panic: bool, max_attempts: u32) -> Fixture {
+fn fixture(poison: u64, failures: u32, fault: Fault, max_attempts: u32) -> Fixture {
     Fixture {
         total: 500,
         poison,
         failures: Arc::new(AtomicU32::new(failures)),
-        panic,
+        fault,
         max_attempts,
         seen: Arc::default(),
         stats: (0..4).map(|_| Arc::default()).collect(),
@@ -288,7 +299,7 @@ fn counts(seen: &[(u64, Option<ReasonCode>)]) -> HashMap<u64, usize> {
 
 #[tokio::test]
 async fn a_stage_that_panics_once_is_restarted_and_loses_nothing() {
-    let (exit, seen, snapshot) = run(fixture(123, 1, true, 3), fast_policy()).await;
+    let (exit, seen, snapshot) = run(fixture(123, 1, Fault::Panic, 3), fast_policy()).await;
     assert_eq!(exit, ExitStatus::Success);
     let counts = counts(&seen);
     assert_eq!(counts.len(), 500, "every id arrives");
@@ -304,7 +315,7 @@ async fn a_stage_that_panics_once_is_restarted_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_stage_that_returns_an_error_is_restarted_and_loses_nothing() {
-    let (exit, seen, snapshot) = run(fixture(77, 2, false, 3), fast_policy()).await;
+    let (exit, seen, snapshot) = run(fixture(77, 2, Fault::Error, 3), fast_policy()).await;
     assert_eq!(exit, ExitStatus::Success);
     let counts = counts(&seen);
     assert_eq!(counts.len(), 500);
@@ -314,7 +325,7 @@ async fn a_stage_that_returns_an_error_is_restarted_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_batch_that_always_fails_goes_to_the_dead_letter_and_the_rest_flows() {
-    let (exit, seen, snapshot) = run(fixture(250, u32::MAX, true, 3), fast_policy()).await;
+    let (exit, seen, snapshot) = run(fixture(250, u32::MAX, Fault::Panic, 3), fast_policy()).await;
     assert_eq!(exit, ExitStatus::Success);
     let counts = counts(&seen);
     assert_eq!(counts.len(), 500);
@@ -342,7 +353,7 @@ async fn past_the_restart_budget_the_generation_restarts_from_its_checkpoint() {
         stage_restarts: 1,
         ..fast_policy()
     };
-    let (exit, seen, snapshot) = run(fixture(300, 3, true, 10), policy).await;
+    let (exit, seen, snapshot) = run(fixture(300, 3, Fault::Panic, 10), policy).await;
     assert_eq!(exit, ExitStatus::Success);
     let counts = counts(&seen);
     assert_eq!(counts.len(), 500, "every id arrives at least once");
@@ -363,9 +374,27 @@ async fn past_every_budget_the_pipeline_fails_and_says_why() {
         generation_restarts: 1,
         ..fast_policy()
     };
-    let (exit, _, _) = run(fixture(10, u32::MAX, true, 100), policy).await;
+    let (exit, _, _) = run(fixture(10, u32::MAX, Fault::Panic, 100), policy).await;
     match exit {
         ExitStatus::Failed(reason) => assert!(reason.contains("flaky"), "{reason}"),
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_is_waited_for_without_restarts() {
+    let (exit, seen, snapshot) = run(fixture(42, 4, Fault::Unavailable, 3), fast_policy()).await;
+    assert_eq!(exit, ExitStatus::Success);
+    let counts = counts(&seen);
+    assert_eq!(counts.len(), 500);
+    assert!(counts.values().all(|n| *n == 1));
+    assert!(
+        seen.iter().all(|(_, reason)| reason.is_none()),
+        "nothing dead-lettered"
+    );
+    assert_eq!(snapshot.stages[1].restarts, 0);
+    assert_eq!(
+        snapshot.stages[1].retries, 4,
+        "more tries than max_batch_attempts"
+    );
 }

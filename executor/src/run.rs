@@ -33,6 +33,8 @@ pub struct RunReport {
     pub latency_p99_us: u64,
     pub latency_max_us: u64,
     pub stage_restarts: u64,
+    /// Batches tried again because an outside service was unavailable.
+    pub stage_retries: u64,
     pub generation_restarts: u64,
     pub peak_rss_mb: f64,
     pub failures: Vec<String>,
@@ -84,8 +86,8 @@ impl RunReport {
             &mut text,
             "restarts",
             format!(
-                "{} stage, {} generation",
-                self.stage_restarts, self.generation_restarts
+                "{} stage, {} generation; {} batches retried",
+                self.stage_restarts, self.generation_restarts, self.stage_retries
             ),
         );
         line(
@@ -243,6 +245,10 @@ impl PipelineRun {
             .iter()
             .flat_map(|s| s.stages.iter().map(|stage| stage.restarts))
             .sum();
+        let stage_retries = snapshots
+            .iter()
+            .flat_map(|s| s.stages.iter().map(|stage| stage.retries))
+            .sum();
         let generation_restarts = snapshots.iter().map(|s| s.generation_restarts).sum();
         let mut failures = Vec::new();
         for handle in self.handles {
@@ -263,6 +269,7 @@ impl PipelineRun {
             latency_p99_us: p99,
             latency_max_us: max,
             stage_restarts,
+            stage_retries,
             generation_restarts,
             peak_rss_mb: peak_rss_mb(),
             failures,
