@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.display()
             );
             let pool = InferencePool::default();
-            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool)?);
+            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
             let options = RunOptions {
                 progress: Some(Duration::from_secs(1)),
                 ..RunOptions::default()
@@ -154,7 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let spec = PipelineSpec::from_file(&pipeline)?;
             let pool = InferencePool::default();
-            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool)?);
+            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
             let options = RunOptions {
                 progress: (!quiet).then_some(Duration::from_secs(1)),
                 ..RunOptions::default()

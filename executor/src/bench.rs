@@ -132,7 +132,7 @@ pub async fn run_bench(spec: PipelineSpec, options: &BenchOptions) -> anyhow::Re
     let batch_records = spec.batching.max_records;
 
     // Each stage alone, on batches made beforehand.
-    let resources = Arc::new(PipelineResources::build(spec.clone(), &pool)?);
+    let resources = Arc::new(PipelineResources::build(spec.clone(), &pool).await?);
     let raw = make_batches(&generator, &spec, options.stage_events);
     let mut decode = DecodeStage::new(Decoder::new(&spec.decode));
     let mut decoded = Vec::new();
@@ -186,7 +186,7 @@ pub async fn run_bench(spec: PipelineSpec, options: &BenchOptions) -> anyhow::Re
                 ..generator.clone()
             },
         );
-        let resources = Arc::new(PipelineResources::build(full, &pool)?);
+        let resources = Arc::new(PipelineResources::build(full, &pool).await?);
         let report = run_pipeline(resources.clone(), &RunOptions::default()).await?;
         anyhow::ensure!(
             report.succeeded(),
@@ -212,7 +212,7 @@ pub async fn run_bench(spec: PipelineSpec, options: &BenchOptions) -> anyhow::Re
             ..generator
         },
     );
-    let resources = Arc::new(PipelineResources::build(paced, &pool)?);
+    let resources = Arc::new(PipelineResources::build(paced, &pool).await?);
     let paced_report = run_pipeline(resources, &RunOptions::default()).await?;
     anyhow::ensure!(
         paced_report.succeeded(),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod checkpoint_store;
+pub mod connectors;
 pub mod decode;
 pub mod enrich;
 pub mod event;

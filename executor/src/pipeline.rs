@@ -10,15 +10,16 @@ use mirador_actors::{
     StageRunner, StageSlot, StageStats,
 };
 
+use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
 use crate::decode::{DecodeStage, Decoder};
 use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
 use crate::event::{ModelId, ScoredRecord};
 use crate::infer::{InferStage, InferenceBatcher, InferencePool, EVENT_FEATURES};
 use crate::sinks::{
-    EncodeContext, JsonlFile, LatencyRecorder, ReasonCounts, SinkStage, SinkTarget,
+    EncodeContext, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, RecordSink, SinkStage,
 };
 use crate::sources::{FileSource, GeneratorSource};
-use crate::spec::{PipelineSpec, SinkSpec, SourceSpec};
+use crate::spec::{PipelineSpec, SinkSpec, SinkTarget, SourceSpec};
 
 /// Stage names, in pipeline order.
 pub const STAGES: [&str; 6] = ["source", "decode", "enrich", "infer", "sink", "dead_letter"];
@@ -32,27 +33,64 @@ pub struct PipelineResources {
     pub defaults: Features,
     pub batcher: Arc<InferenceBatcher>,
     pub model: Arc<ModelId>,
-    pub sink: SinkTarget,
-    pub dead_letter: SinkTarget,
+    pub sink: Vec<Arc<dyn RecordSink<ScoredRecord>>>,
+    pub dead_letter: Vec<Arc<dyn RecordSink<DeadLetter>>>,
     pub context: EncodeContext,
     pub latency: Arc<LatencyRecorder>,
     pub reasons: Arc<ReasonCounts>,
 }
 
-fn sink_target(spec: &SinkSpec, field: &str) -> anyhow::Result<SinkTarget> {
-    Ok(match spec {
-        SinkSpec::File(file) => SinkTarget::File(Arc::new(std::sync::Mutex::new(
+fn jsonl_target(target: &SinkTarget, field: &str) -> anyhow::Result<Option<JsonlTarget>> {
+    Ok(match target {
+        SinkTarget::File(file) => Some(JsonlTarget::File(Arc::new(std::sync::Mutex::new(
             JsonlFile::open(&file.path)
                 .map_err(|e| anyhow::anyhow!("{field}.file.path: {}: {e}", file.path.display()))?,
-        ))),
-        SinkSpec::Stdout {} => SinkTarget::Stdout,
-        SinkSpec::Null {} => SinkTarget::Null,
+        )))),
+        SinkTarget::Stdout => Some(JsonlTarget::Stdout),
+        SinkTarget::Null => Some(JsonlTarget::Null),
+        SinkTarget::Bigtable(_) => None,
     })
 }
 
+async fn scored_sinks(spec: &SinkSpec) -> anyhow::Result<Vec<Arc<dyn RecordSink<ScoredRecord>>>> {
+    let mut sinks: Vec<Arc<dyn RecordSink<ScoredRecord>>> = Vec::new();
+    for target in &spec.targets {
+        match target {
+            SinkTarget::Bigtable(bigtable) => {
+                sinks.push(Arc::new(BigtableSink::connect(bigtable).await?))
+            }
+            other => sinks.extend(
+                jsonl_target(other, "sink")?
+                    .map(|t| Arc::new(t) as Arc<dyn RecordSink<ScoredRecord>>),
+            ),
+        }
+    }
+    Ok(sinks)
+}
+
+fn dead_letter_sinks(spec: &SinkSpec) -> anyhow::Result<Vec<Arc<dyn RecordSink<DeadLetter>>>> {
+    let mut sinks: Vec<Arc<dyn RecordSink<DeadLetter>>> = Vec::new();
+    for target in &spec.targets {
+        let target = jsonl_target(target, "dead_letter")?
+            .ok_or_else(|| anyhow::anyhow!("dead_letter: a dead letter keeps whole records"))?;
+        sinks.push(Arc::new(target));
+    }
+    Ok(sinks)
+}
+
+/// The features of an unknown customer under `on_miss: default`.
+fn default_features(spec: &PipelineSpec) -> Features {
+    let enrichment = &spec.enrichment;
+    enrichment
+        .features
+        .iter()
+        .map(|name| enrichment.defaults.get(name).copied().unwrap_or(0.0))
+        .collect()
+}
+
 impl PipelineResources {
-    /// Loads the feature table, starts (or joins) the model's batcher, opens the sinks.
-    pub fn build(spec: PipelineSpec, pool: &InferencePool) -> anyhow::Result<Self> {
+    /// Connects the feature lookup, starts (or joins) the model's batcher, opens the sinks.
+    pub async fn build(spec: PipelineSpec, pool: &InferencePool) -> anyhow::Result<Self> {
         if let SourceSpec::File(file) = &spec.source {
             anyhow::ensure!(
                 file.path.is_file(),
@@ -60,22 +98,30 @@ impl PipelineResources {
                 file.path.display()
             );
         }
-        let table = CsvFeatureTable::load(&spec.enrichment.table.path, &spec.enrichment.features)?;
-        tracing::info!(customers = table.len(), "feature table loaded");
-        Self::with_lookup(spec, Arc::new(table), pool)
+        let enrichment = &spec.enrichment;
+        let lookup: Arc<dyn FeatureLookup> = match (&enrichment.table, &enrichment.bigtable) {
+            (Some(table), _) => {
+                let table = CsvFeatureTable::load(&table.path, &enrichment.features)?;
+                tracing::info!(customers = table.len(), "feature table loaded");
+                Arc::new(table)
+            }
+            (None, Some(bigtable)) => Arc::new(
+                BigtableLookup::connect(bigtable, &enrichment.features, default_features(&spec))
+                    .await?,
+            ),
+            (None, None) => {
+                anyhow::bail!("enrichment: exactly one of `table` or `bigtable` is needed")
+            }
+        };
+        Self::with_lookup(spec, lookup, pool).await
     }
 
-    pub fn with_lookup(
+    pub async fn with_lookup(
         spec: PipelineSpec,
         lookup: Arc<dyn FeatureLookup>,
         pool: &InferencePool,
     ) -> anyhow::Result<Self> {
         let enrichment = &spec.enrichment;
-        let defaults: Features = enrichment
-            .features
-            .iter()
-            .map(|name| enrichment.defaults.get(name).copied().unwrap_or(0.0))
-            .collect();
         let width = EVENT_FEATURES + enrichment.features.len();
         let batcher = pool.batcher(&spec.model, width)?;
         Ok(PipelineResources {
@@ -84,14 +130,14 @@ impl PipelineResources {
                 enrichment.cache.max_bytes,
                 Duration::from_secs(enrichment.cache.ttl_secs),
             ),
-            defaults,
+            defaults: default_features(&spec),
             batcher,
             model: Arc::new(ModelId {
                 name: spec.model.name.clone(),
                 version: spec.model.version.clone(),
             }),
-            sink: sink_target(&spec.sink, "sink")?,
-            dead_letter: sink_target(&spec.dead_letter, "dead_letter")?,
+            sink: scored_sinks(&spec.sink).await?,
+            dead_letter: dead_letter_sinks(&spec.dead_letter)?,
             context: EncodeContext {
                 feature_names: enrichment.features.clone().into(),
             },

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::connectors::bigtable::BigtableSpec;
+
 /// A spec error: the field, the bad value, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -77,7 +79,8 @@ impl TryFrom<SourceFields> for SourceSpec {
     }
 }
 
-/// The YAML form of a sink: exactly one of its kinds.
+/// The YAML form of a sink: one or more targets, each written before a record counts as
+/// delivered.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SinkFields {
@@ -87,6 +90,8 @@ struct SinkFields {
     stdout: Option<NoSettings>,
     #[serde(default)]
     null: Option<NoSettings>,
+    #[serde(default)]
+    bigtable: Option<BigtableSpec>,
 }
 
 #[derive(Deserialize)]
@@ -96,12 +101,15 @@ struct NoSettings {}
 impl TryFrom<SinkFields> for SinkSpec {
     type Error = String;
     fn try_from(fields: SinkFields) -> Result<Self, String> {
-        match (fields.file, fields.stdout, fields.null) {
-            (Some(file), None, None) => Ok(SinkSpec::File(file)),
-            (None, Some(_), None) => Ok(SinkSpec::Stdout {}),
-            (None, None, Some(_)) => Ok(SinkSpec::Null {}),
-            _ => Err("exactly one of `file`, `stdout` or `null` is needed".into()),
+        let mut targets = Vec::new();
+        targets.extend(fields.file.map(SinkTarget::File));
+        targets.extend(fields.stdout.map(|_| SinkTarget::Stdout));
+        targets.extend(fields.null.map(|_| SinkTarget::Null));
+        targets.extend(fields.bigtable.map(SinkTarget::Bigtable));
+        if targets.is_empty() {
+            return Err("at least one of `file`, `stdout`, `null` or `bigtable` is needed".into());
         }
+        Ok(SinkSpec { targets })
     }
 }
 
@@ -194,7 +202,12 @@ impl Default for DecodeSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichmentSpec {
-    pub table: TableSpec,
+    /// The embedded feature table; or `bigtable`.
+    #[serde(default)]
+    pub table: Option<TableSpec>,
+    /// A Bigtable table with a row per customer and a column per feature.
+    #[serde(default)]
+    pub bigtable: Option<BigtableSpec>,
     /// Customer features, in the order the model takes them after the event features.
     pub features: Vec<String>,
     #[serde(default)]
@@ -297,15 +310,32 @@ fn default_threads() -> usize {
     1
 }
 
+/// Where a sink writes: every target, in this order.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(try_from = "SinkFields")]
-pub enum SinkSpec {
+pub struct SinkSpec {
+    pub targets: Vec<SinkTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkTarget {
     /// JSON lines appended to a file.
     File(FileSinkSpec),
     /// JSON lines on standard output.
-    Stdout {},
+    Stdout,
     /// Counted and dropped; for benchmarks.
-    Null {},
+    Null,
+    /// An upsert per customer: latest scores, model and last event.
+    Bigtable(BigtableSpec),
+}
+
+impl SinkSpec {
+    pub fn file(&self) -> Option<&FileSinkSpec> {
+        self.targets.iter().find_map(|t| match t {
+            SinkTarget::File(file) => Some(file),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -490,7 +520,16 @@ impl PipelineSpec {
         )?;
 
         let enrichment = &self.enrichment;
-        non_empty_path("enrichment.table.path", &enrichment.table.path)?;
+        match (&enrichment.table, &enrichment.bigtable) {
+            (Some(table), None) => non_empty_path("enrichment.table.path", &table.path)?,
+            (None, Some(bigtable)) => bigtable.validate("enrichment.bigtable")?,
+            _ => {
+                return Err(SpecError::new(
+                    "enrichment",
+                    "exactly one of `table` or `bigtable` is needed",
+                ))
+            }
+        }
         if enrichment.features.is_empty() {
             return Err(SpecError::new("enrichment.features", "lists no feature"));
         }
@@ -562,11 +601,25 @@ impl PipelineSpec {
         in_range("model.threads", model.threads, 1, 256)?;
 
         for (field, sink) in [("sink", &self.sink), ("dead_letter", &self.dead_letter)] {
-            if let SinkSpec::File(file) = sink {
-                non_empty_path(&format!("{field}.file.path"), &file.path)?;
+            for target in &sink.targets {
+                match target {
+                    SinkTarget::File(file) => {
+                        non_empty_path(&format!("{field}.file.path"), &file.path)?
+                    }
+                    SinkTarget::Bigtable(_) if field == "dead_letter" => {
+                        return Err(SpecError::new(
+                            "dead_letter.bigtable",
+                            "a dead letter keeps whole records: use file",
+                        ))
+                    }
+                    SinkTarget::Bigtable(bigtable) => {
+                        bigtable.validate(&format!("{field}.bigtable"))?
+                    }
+                    SinkTarget::Stdout | SinkTarget::Null => {}
+                }
             }
         }
-        if let (SinkSpec::File(a), SinkSpec::File(b)) = (&self.sink, &self.dead_letter) {
+        if let (Some(a), Some(b)) = (self.sink.file(), self.dead_letter.file()) {
             if a.path == b.path {
                 return Err(SpecError::value(
                     "dead_letter.file.path",
@@ -669,7 +722,7 @@ dead_letter:
         assert_eq!(spec.model.max_batch_rows, 4096);
         assert_eq!(spec.enrichment.on_miss, MissPolicy::Default);
         assert_eq!(spec.partitions(), 1);
-        assert!(matches!(spec.sink, SinkSpec::Null {}));
+        assert_eq!(spec.sink.targets, vec![SinkTarget::Null]);
     }
 
     #[test]
@@ -745,11 +798,32 @@ dead_letter:
     }
 
     #[test]
-    fn a_source_or_sink_takes_exactly_one_kind() {
+    fn a_source_takes_one_kind_and_a_sink_at_least_one() {
         let e = error(&SPEC.replace("  generator:\n    events: 10", "  {}"));
         assert_eq!(e.field, "source");
-        let e = error(&SPEC.replace("  null: {}", "  null: {}\n  stdout: {}"));
+        let e = error(&SPEC.replace("  null: {}", "  {}"));
         assert_eq!(e.field, "sink");
+        let spec = PipelineSpec::from_yaml(&SPEC.replace("  null: {}", "  null: {}\n  stdout: {}"))
+            .unwrap();
+        assert_eq!(
+            spec.sink.targets,
+            vec![SinkTarget::Null, SinkTarget::Stdout]
+        );
+        let e = error(&SPEC.replace(
+            "  table:\n    path: features.csv",
+            "  table:\n    path: features.csv\n  bigtable:\n    project: test-project\n    instance: i1\n    table: features",
+        ));
+        assert_eq!(e.field, "enrichment");
+        let e = error(&SPEC.replace(
+            "dead_letter:\n  file:\n    path: dead.jsonl",
+            "dead_letter:\n  bigtable:\n    project: test-project\n    instance: i1\n    table: t1",
+        ));
+        assert_eq!(e.field, "dead_letter.bigtable");
+        let e = error(&SPEC.replace(
+            "  null: {}",
+            "  bigtable:\n    project: test-project\n    instance: i1\n    table: ''",
+        ));
+        assert_eq!(e.field, "sink.bigtable.table");
     }
 
     #[test]

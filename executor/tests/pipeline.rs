@@ -59,8 +59,8 @@ fn file_sinks(dir: &Path) -> (String, String) {
 async fn run(spec: PipelineSpec, lookup: Option<Arc<dyn FeatureLookup>>) -> RunReport {
     let pool = InferencePool::default();
     let resources = match lookup {
-        Some(lookup) => PipelineResources::with_lookup(spec, lookup, &pool),
-        None => PipelineResources::build(spec, &pool),
+        Some(lookup) => PipelineResources::with_lookup(spec, lookup, &pool).await,
+        None => PipelineResources::build(spec, &pool).await,
     }
     .unwrap();
     let report = run_pipeline(Arc::new(resources), &RunOptions::default())

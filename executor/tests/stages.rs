@@ -19,7 +19,7 @@ use mirador_executor::event::{
 };
 use mirador_executor::infer::{InferStage, InferenceBatcher, Scorer, TorchModel};
 use mirador_executor::sinks::{
-    EncodeContext, JsonlFile, LatencyRecorder, ReasonCounts, SinkStage, SinkTarget,
+    EncodeContext, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, SinkStage,
 };
 use mirador_executor::sources::{FileSource, GeneratorSource};
 use mirador_executor::spec::{DecodeSpec, DeviceSpec, GeneratorSpec, MissPolicy, PayloadFormat};
@@ -310,7 +310,7 @@ async fn sinks_write_whole_lines_then_acknowledge() {
     let mut h = alone(move || {
         Ok(SinkStage::<DeadLetter>::new(
             "dead_letter",
-            SinkTarget::File(f.clone()),
+            vec![Arc::new(JsonlTarget::File(f.clone()))],
             EncodeContext::default(),
             t.clone(),
             c.clone(),
@@ -362,7 +362,7 @@ async fn sinks_write_whole_lines_then_acknowledge() {
     let mut h = alone(move || {
         Ok(SinkStage::<ScoredRecord>::new(
             "sink",
-            SinkTarget::Null,
+            vec![Arc::new(JsonlTarget::Null)],
             EncodeContext::default(),
             t.clone(),
             l.clone(),

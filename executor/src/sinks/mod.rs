@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use mirador_actors::{CheckpointTracker, Output, ReasonCode, Stage, StageError, Traced};
 
@@ -16,13 +17,59 @@ pub use json::{EncodeContext, JsonLine};
 
 use crate::event::ScoredRecord;
 
-/// Where a sink writes.
+/// Somewhere records are written. `write` returns once the whole batch is durable there
+/// (or as durable as the target makes it); only then are the records acknowledged.
+pub trait RecordSink<T>: Send + Sync + 'static {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [T],
+        context: &'a EncodeContext,
+    ) -> BoxFuture<'a, Result<(), StageError>>;
+}
+
+/// JSON lines in a file or on standard output, or nowhere.
 #[derive(Clone)]
-pub enum SinkTarget {
+pub enum JsonlTarget {
     File(Arc<Mutex<JsonlFile>>),
     Stdout,
     /// Counts and drops; for benchmarks.
     Null,
+}
+
+impl<T: JsonLine + Send + Sync + 'static> RecordSink<T> for JsonlTarget {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [T],
+        context: &'a EncodeContext,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(async move {
+            if matches!(self, JsonlTarget::Null) {
+                return Ok(());
+            }
+            let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
+            let mut buffer = Vec::with_capacity(batch.len() * 512);
+            for record in batch {
+                record.write_line(context, &now, &mut buffer);
+                buffer.push(b'\n');
+            }
+            // One write per batch to the page cache: short enough to do on the runtime.
+            let written = match self {
+                JsonlTarget::File(file) => file
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&buffer),
+                JsonlTarget::Stdout => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&buffer).and_then(|()| stdout.flush())
+                }
+                JsonlTarget::Null => Ok(()),
+            };
+            written.map_err(|e| StageError::Unavailable {
+                service: "file sink",
+                message: e.to_string(),
+            })
+        })
+    }
 }
 
 /// Read-to-sink latency of scored records, in microseconds, shared by all partitions.
@@ -107,36 +154,34 @@ impl SinkObserver<mirador_actors::DeadLetter> for ReasonCounts {
     }
 }
 
-/// Writes a batch as JSON lines, then acknowledges its records.
+/// Writes a batch to every target of the sink, then acknowledges its records.
 pub struct SinkStage<T> {
     name: &'static str,
-    target: SinkTarget,
+    targets: Vec<Arc<dyn RecordSink<T>>>,
     context: EncodeContext,
     tracker: Arc<CheckpointTracker>,
     observer: Arc<dyn SinkObserver<T>>,
-    buffer: Vec<u8>,
 }
 
 impl<T> SinkStage<T> {
     pub fn new(
         name: &'static str,
-        target: SinkTarget,
+        targets: Vec<Arc<dyn RecordSink<T>>>,
         context: EncodeContext,
         tracker: Arc<CheckpointTracker>,
         observer: Arc<dyn SinkObserver<T>>,
     ) -> Self {
         SinkStage {
             name,
-            target,
+            targets,
             context,
             tracker,
             observer,
-            buffer: Vec::new(),
         }
     }
 }
 
-impl<T: JsonLine + Traced + Send + Sync + 'static> Stage for SinkStage<T> {
+impl<T: Traced + Send + Sync + 'static> Stage for SinkStage<T> {
     type In = T;
     type Out = ();
 
@@ -145,29 +190,10 @@ impl<T: JsonLine + Traced + Send + Sync + 'static> Stage for SinkStage<T> {
     }
 
     async fn handle(&mut self, batch: &[T], _out: &mut Output<()>) -> Result<(), StageError> {
-        if !matches!(self.target, SinkTarget::Null) {
-            self.buffer.clear();
-            let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
-            for record in batch {
-                record.write_line(&self.context, &now, &mut self.buffer);
-                self.buffer.push(b'\n');
-            }
-            // One write per batch to the page cache: short enough to do on the runtime.
-            let written = match &self.target {
-                SinkTarget::File(file) => file
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .append(&self.buffer),
-                SinkTarget::Stdout => {
-                    let mut stdout = std::io::stdout().lock();
-                    stdout.write_all(&self.buffer).and_then(|()| stdout.flush())
-                }
-                SinkTarget::Null => Ok(()),
-            };
-            written.map_err(|e| StageError::Unavailable {
-                service: "sink",
-                message: format!("{}: {e}", self.name),
-            })?;
+        // Targets are written one after the other: a retried batch rewrites them all,
+        // which idempotent targets absorb and append-only ones bound by the batch.
+        for target in &self.targets {
+            target.write(batch, &self.context).await?;
         }
         self.observer.observe(batch);
         self.tracker.ack(batch.iter().map(|r| r.origin().ack));

@@ -1,6 +1,8 @@
 //! Shared by the executor's integration tests.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::path::PathBuf;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};

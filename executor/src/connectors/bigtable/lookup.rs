@@ -1,0 +1,96 @@
+//! Customer features from Bigtable: one ReadRows per batch of keys.
+
+use std::collections::HashMap;
+
+use bigtable_rs::bigtable::BigTable;
+use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter};
+use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowFilter, RowSet};
+use futures::future::BoxFuture;
+
+use super::BigtableSpec;
+use crate::enrich::{FeatureLookup, Features, LookupError};
+
+/// Reads a row per customer (row key: the customer id) and a cell per feature (qualifier:
+/// the feature name, value: the number as decimal text, as `cbt set` writes it). A
+/// feature the row lacks, or whose value is not a number, takes its default.
+pub struct BigtableLookup {
+    client: BigTable,
+    table_name: String,
+    family_filter: String,
+    features: Vec<String>,
+    defaults: Features,
+}
+
+impl BigtableLookup {
+    pub async fn connect(
+        spec: &BigtableSpec,
+        features: &[String],
+        defaults: Features,
+    ) -> anyhow::Result<Self> {
+        let client = spec.connect(true).await?;
+        Ok(BigtableLookup {
+            table_name: client.get_full_table_name(&spec.table),
+            client,
+            family_filter: spec.family.replace('.', "\\."),
+            features: features.to_vec(),
+            defaults,
+        })
+    }
+
+    fn request(&self, keys: &[&str]) -> ReadRowsRequest {
+        let filter = |filter| RowFilter {
+            filter: Some(filter),
+        };
+        ReadRowsRequest {
+            table_name: self.table_name.clone(),
+            rows: Some(RowSet {
+                row_keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+                row_ranges: Vec::new(),
+            }),
+            filter: Some(filter(Filter::Chain(Chain {
+                filters: vec![
+                    filter(Filter::FamilyNameRegexFilter(self.family_filter.clone())),
+                    filter(Filter::CellsPerColumnLimitFilter(1)),
+                ],
+            }))),
+            ..ReadRowsRequest::default()
+        }
+    }
+}
+
+impl FeatureLookup for BigtableLookup {
+    fn lookup<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Option<Features>>, LookupError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let rows = client
+                .read_rows(self.request(keys))
+                .await
+                .map_err(|e| LookupError::Unavailable(format!("bigtable read_rows: {e}")))?;
+            let mut found: HashMap<Vec<u8>, Features> = HashMap::with_capacity(rows.len());
+            for (key, cells) in rows {
+                let mut values = self.defaults.to_vec();
+                for cell in cells {
+                    let index = self
+                        .features
+                        .iter()
+                        .position(|f| f.as_bytes() == cell.qualifier.as_slice());
+                    let value = std::str::from_utf8(&cell.value)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<f32>().ok())
+                        .filter(|v| v.is_finite());
+                    if let (Some(index), Some(value)) = (index, value) {
+                        values[index] = value;
+                    }
+                }
+                found.insert(key, values.into());
+            }
+            Ok(keys
+                .iter()
+                .map(|k| found.get(k.as_bytes()).cloned())
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Connectors to outside systems, one folder each.
+
+pub mod bigtable;

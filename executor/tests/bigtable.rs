@@ -1,0 +1,302 @@
+//! Bigtable enrichment and the Bigtable sink, against the Bigtable emulator.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowSet};
+use common::services::BigtableEmulator;
+use mirador_executor::connectors::bigtable::{
+    create_table, load_features, BigtableLookup, BigtableSpec,
+};
+use mirador_executor::enrich::FeatureLookup;
+use mirador_executor::infer::InferencePool;
+use mirador_executor::{PipelineResources, PipelineRun, PipelineSpec, RunOptions};
+use serde_json::Value;
+
+fn table(emulator: &BigtableEmulator, table: &str) -> BigtableSpec {
+    BigtableSpec {
+        project: "test-project".into(),
+        instance: "test-instance".into(),
+        table: table.into(),
+        family: "f".into(),
+        endpoint: Some(emulator.endpoint()),
+        channels: 1,
+        timeout_ms: 1000,
+    }
+}
+
+async fn features_table(emulator: &BigtableEmulator) -> BigtableSpec {
+    let spec = table(emulator, "features");
+    create_table(&spec).await.unwrap();
+    let rows = load_features(&spec, &common::demo_features())
+        .await
+        .unwrap();
+    assert_eq!(rows, 10_000);
+    spec
+}
+
+/// Every cell of a table: row -> (qualifier, timestamp) -> value.
+async fn dump(spec: &BigtableSpec) -> BTreeMap<Vec<u8>, BTreeMap<(Vec<u8>, i64), Vec<u8>>> {
+    let mut client = spec.connect(true).await.unwrap();
+    let rows = client
+        .read_rows(ReadRowsRequest {
+            table_name: client.get_full_table_name(&spec.table),
+            rows: Some(RowSet::default()),
+            ..ReadRowsRequest::default()
+        })
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(key, cells)| {
+            let cells = cells
+                .into_iter()
+                .map(|c| ((c.qualifier, c.timestamp_micros), c.value))
+                .collect();
+            (key, cells)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_reads_the_loaded_feature_table() {
+    let emulator = BigtableEmulator::start();
+    let spec = features_table(&emulator).await;
+    let lookup = BigtableLookup::connect(&spec, &common::feature_names(), vec![-1.0; 7].into())
+        .await
+        .unwrap();
+    let found = lookup
+        .lookup(&["c000001", "nobody", "c009999"])
+        .await
+        .unwrap();
+    // c000001 in examples/features.csv: 163,11,0,0.378,1,1,0.34
+    assert_eq!(
+        found[0].as_deref(),
+        Some(&[163.0, 11.0, 0.0, 0.378, 1.0, 1.0, 0.34][..])
+    );
+    assert_eq!(found[1], None);
+    assert!(found[2].is_some());
+    // A feature the row lacks takes its default.
+    let lookup = BigtableLookup::connect(
+        &spec,
+        &["recency_days".into(), "lifetime_value".into()],
+        vec![0.0, -1.0].into(),
+    )
+    .await
+    .unwrap();
+    let found = lookup.lookup(&["c000001"]).await.unwrap();
+    assert_eq!(found[0].as_deref(), Some(&[163.0, -1.0][..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_against_a_stopped_emulator_fails_as_unavailable() {
+    let mut emulator = BigtableEmulator::start();
+    let spec = features_table(&emulator).await;
+    let lookup = BigtableLookup::connect(&spec, &common::feature_names(), vec![0.0; 7].into())
+        .await
+        .unwrap();
+    emulator.stop();
+    let result = tokio::time::timeout(Duration::from_secs(10), lookup.lookup(&["c000001"])).await;
+    assert!(
+        matches!(result, Ok(Err(_))),
+        "an error, in time: {result:?}"
+    );
+}
+
+fn spec_yaml(name: &str, dir: &Path, features: &BigtableSpec, sink: &str, source: &str) -> String {
+    format!(
+        r#"
+name: {name}
+source:
+{source}
+enrichment:
+  bigtable:
+    project: {project}
+    instance: {instance}
+    table: {table}
+    endpoint: "{endpoint}"
+    timeout_ms: 500
+  features: [{features_list}]
+  cache:
+    ttl_secs: 1
+  retries: 1
+  timeout_ms: 500
+model:
+  name: propensity
+  version: "1"
+  path: {model}
+  max_wait_ms: 2
+sink:
+{sink}
+dead_letter:
+  file:
+    path: {dir}/dead.jsonl
+batching:
+  max_records: 128
+checkpoint:
+  dir: {dir}/checkpoints
+  interval_ms: 50
+"#,
+        project = features.project,
+        instance = features.instance,
+        table = features.table,
+        endpoint = features.endpoint.clone().unwrap(),
+        features_list = common::DEMO_FEATURES.join(", "),
+        model = common::demo_model().display(),
+        dir = dir.display(),
+    )
+}
+
+fn written(dir: &Path) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for file in ["scored.jsonl", "dead.jsonl"] {
+        for line in std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+        {
+            let value: Value = serde_json::from_str(line).unwrap();
+            *seen
+                .entry(value["source"]["offset"].as_u64().unwrap())
+                .or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_same_input_into_the_bigtable_sink_leaves_the_table_identical() {
+    let emulator = BigtableEmulator::start();
+    let features = features_table(&emulator).await;
+    let scores = table(&emulator, "scores");
+    create_table(&scores).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "  bigtable:\n    project: {}\n    instance: {}\n    table: scores\n    endpoint: \"{}\"\n  file:\n    path: {}/scored.jsonl",
+        scores.project,
+        scores.instance,
+        emulator.endpoint(),
+        dir.path().display()
+    );
+    // The same input twice: a file of generated events, some of them poison.
+    let input = dir.path().join("events.jsonl");
+    let generator = mirador_executor::spec::GeneratorSpec {
+        events: None,
+        partitions: 1,
+        customers: 12_000,
+        zipf_exponent: 1.1,
+        poison_ratio: 0.02,
+        seed: 4,
+        rate_per_sec: None,
+    };
+    let factory = mirador_executor::sources::generator::EventFactory::new(
+        &generator,
+        0,
+        mirador_executor::spec::PayloadFormat::Json,
+        65536,
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut lines = Vec::new();
+    let mut payload = Vec::new();
+    for seq in 0..3000 {
+        factory.payload(seq, now, &mut payload);
+        payload.retain(|b| *b != b'\n');
+        lines.extend_from_slice(&payload);
+        lines.push(b'\n');
+    }
+    std::fs::write(&input, lines).unwrap();
+    let source = format!("  file:\n    path: {}", input.display());
+    let pool = InferencePool::default();
+    let mut dumps = Vec::new();
+    for run in 0..2 {
+        // A fresh checkpoint folder each time: the second run replays everything.
+        let run_dir = dir.path().join(format!("run{run}"));
+        let yaml = spec_yaml("replay", &run_dir, &features, &sink, &source);
+        let spec = PipelineSpec::from_yaml(&yaml).unwrap();
+        let resources = Arc::new(PipelineResources::build(spec, &pool).await.unwrap());
+        let options = RunOptions::default();
+        let report = PipelineRun::start(resources, &options)
+            .await
+            .unwrap()
+            .wait(&options)
+            .await;
+        assert!(report.succeeded(), "{:?}", report.failures);
+        assert_eq!(report.events_in, 3000);
+        dumps.push(dump(&scores).await);
+    }
+    let scored: Vec<Value> = std::fs::read_to_string(dir.path().join("scored.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let customers: std::collections::BTreeSet<&str> = scored
+        .iter()
+        .map(|l| l["event"]["customer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(dumps[0].len(), customers.len(), "a row per scored customer");
+    let changed = dumps[0]
+        .iter()
+        .filter(|(row, cells)| dumps[1].get(*row) != Some(*cells))
+        .count();
+    assert_eq!(dumps[0].len(), dumps[1].len());
+    assert_eq!(changed, 0, "the replay wrote the very same cells");
+    // The row of one customer holds the scores of its events at their event times.
+    let line = &scored[0];
+    let row = &dumps[0][line["event"]["customer_id"].as_str().unwrap().as_bytes()];
+    let event_time =
+        chrono::DateTime::parse_from_rfc3339(line["event"]["event_time"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+    let score = &row[&(b"score".to_vec(), event_time * 1000)];
+    let expected = line["scores"][0].as_f64().unwrap() as f32;
+    assert_eq!(
+        std::str::from_utf8(score).unwrap().parse::<f32>().unwrap(),
+        expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigtable_down_for_10_s_slows_the_pipeline_and_loses_nothing() {
+    let mut emulator = BigtableEmulator::start();
+    let features = features_table(&emulator).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("  file:\n    path: {}/scored.jsonl", dir.path().display());
+    // 20 s of events at 1000/s; the store goes away for 10 s in the middle.
+    let source = "  generator:\n    events: 20000\n    rate_per_sec: 1000\n    poison_ratio: 0.01";
+    let spec = PipelineSpec::from_yaml(&spec_yaml("outage", dir.path(), &features, &sink, source))
+        .unwrap();
+    let capacity = spec.batching.max_records * spec.batching.link_capacity * 6;
+    let pool = InferencePool::default();
+    let resources = Arc::new(PipelineResources::build(spec, &pool).await.unwrap());
+    let options = RunOptions::default();
+    let run = PipelineRun::start(resources, &options).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    emulator.stop();
+    let mut most_in_flight = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        most_in_flight = most_in_flight.max(run.snapshots()[0].in_flight);
+    }
+    let stalled = run.snapshots()[0].stages[2].retries;
+    emulator.restart();
+    features_table(&emulator).await;
+    let report = run.wait(&options).await;
+
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert!(stalled > 0, "enrichment waited for the store");
+    assert!(
+        most_in_flight <= capacity,
+        "memory stays bounded during the outage: {most_in_flight} records in flight"
+    );
+    let seen = written(dir.path());
+    assert_eq!(
+        seen.len(),
+        20_000,
+        "every record reached the sink or the dead letter"
+    );
+    assert!(seen.values().all(|n| *n == 1), "and only once");
+    assert_eq!(report.stage_restarts, 0);
+}
