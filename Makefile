@@ -17,8 +17,11 @@ TORCH_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/torch/lib)
 export LD_LIBRARY_PATH = $(TORCH_LIB)
 
 MIRADOR := $(CARGO_TARGET_DIR)/release/mirador
+# A Kafka-protocol broker for the tests and `make services`, built once into the cache.
+TANSU_VERSION := 0.6.0
+TANSU := $(CACHE)/tansu/bin/tansu
 
-.PHONY: toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
+.PHONY: tansu toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
 
 setup: toolchain $(TORCH_STAMP)
 
@@ -40,6 +43,14 @@ $(TORCH_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	touch $@
 
+$(TANSU):
+	@echo "building the tansu Kafka broker $(TANSU_VERSION) into $(CACHE)/tansu (about 11 minutes, once)"
+	CARGO_TARGET_DIR=$(CACHE)/tansu-build cargo install tansu --version $(TANSU_VERSION) --locked \
+	  --no-default-features --features dynostore --root $(CACHE)/tansu
+	rm -rf $(CACHE)/tansu-build
+
+tansu: $(TANSU)
+
 build: setup
 	cargo build --release --bin mirador
 
@@ -49,8 +60,8 @@ demo: build
 bench: build
 	$(MIRADOR) bench
 
-test: setup
-	cargo test --workspace
+test: setup $(TANSU)
+	MIRADOR_TANSU=$(TANSU) cargo test --workspace
 
 fmt-check:
 	cargo fmt --all -- --check

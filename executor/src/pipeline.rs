@@ -11,6 +11,7 @@ use mirador_actors::{
 };
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
+use crate::connectors::kafka::{partitions_of, KafkaSink, KafkaSource};
 use crate::decode::{DecodeStage, Decoder};
 use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
 use crate::event::{ModelId, ScoredRecord};
@@ -38,6 +39,8 @@ pub struct PipelineResources {
     pub context: EncodeContext,
     pub latency: Arc<LatencyRecorder>,
     pub reasons: Arc<ReasonCounts>,
+    /// Partitions of the pipeline on this node: 0..partitions.
+    pub partitions: u32,
 }
 
 fn jsonl_target(target: &SinkTarget, field: &str) -> anyhow::Result<Option<JsonlTarget>> {
@@ -48,16 +51,22 @@ fn jsonl_target(target: &SinkTarget, field: &str) -> anyhow::Result<Option<Jsonl
         )))),
         SinkTarget::Stdout => Some(JsonlTarget::Stdout),
         SinkTarget::Null => Some(JsonlTarget::Null),
-        SinkTarget::Bigtable(_) => None,
+        SinkTarget::Bigtable(_) | SinkTarget::Kafka(_) => None,
     })
 }
 
-async fn scored_sinks(spec: &SinkSpec) -> anyhow::Result<Vec<Arc<dyn RecordSink<ScoredRecord>>>> {
+async fn scored_sinks(
+    spec: &SinkSpec,
+    source: &str,
+) -> anyhow::Result<Vec<Arc<dyn RecordSink<ScoredRecord>>>> {
     let mut sinks: Vec<Arc<dyn RecordSink<ScoredRecord>>> = Vec::new();
     for target in &spec.targets {
         match target {
             SinkTarget::Bigtable(bigtable) => {
                 sinks.push(Arc::new(BigtableSink::connect(bigtable).await?))
+            }
+            SinkTarget::Kafka(kafka) => {
+                sinks.push(Arc::new(KafkaSink::connect(kafka, source.to_string())?))
             }
             other => sinks.extend(
                 jsonl_target(other, "sink")?
@@ -68,9 +77,16 @@ async fn scored_sinks(spec: &SinkSpec) -> anyhow::Result<Vec<Arc<dyn RecordSink<
     Ok(sinks)
 }
 
-fn dead_letter_sinks(spec: &SinkSpec) -> anyhow::Result<Vec<Arc<dyn RecordSink<DeadLetter>>>> {
+fn dead_letter_sinks(
+    spec: &SinkSpec,
+    source: &str,
+) -> anyhow::Result<Vec<Arc<dyn RecordSink<DeadLetter>>>> {
     let mut sinks: Vec<Arc<dyn RecordSink<DeadLetter>>> = Vec::new();
     for target in &spec.targets {
+        if let SinkTarget::Kafka(kafka) = target {
+            sinks.push(Arc::new(KafkaSink::connect(kafka, source.to_string())?));
+            continue;
+        }
         let target = jsonl_target(target, "dead_letter")?
             .ok_or_else(|| anyhow::anyhow!("dead_letter: a dead letter keeps whole records"))?;
         sinks.push(Arc::new(target));
@@ -136,8 +152,19 @@ impl PipelineResources {
                 name: spec.model.name.clone(),
                 version: spec.model.version.clone(),
             }),
-            sink: scored_sinks(&spec.sink).await?,
-            dead_letter: dead_letter_sinks(&spec.dead_letter)?,
+            sink: scored_sinks(&spec.sink, &spec.source_name()).await?,
+            dead_letter: dead_letter_sinks(&spec.dead_letter, &spec.source_name())?,
+            partitions: match (&spec.source, spec.partitions()) {
+                (_, Some(partitions)) => partitions,
+                (SourceSpec::Kafka(kafka), None) => {
+                    let kafka = kafka.clone();
+                    tokio::task::spawn_blocking(move || {
+                        partitions_of(&kafka, Duration::from_secs(10))
+                    })
+                    .await??
+                }
+                (_, None) => 1,
+            },
             context: EncodeContext {
                 feature_names: enrichment.features.clone().into(),
             },
@@ -183,6 +210,11 @@ impl PartitionFactory {
         let source: Box<dyn StageSlot> = match &spec.source {
             SourceSpec::File(file) => Box::new(SourceRunner::new(
                 FileSource::open(&file.path, batch, max_payload, tracker.clone())?,
+                source_tx,
+                self.stats[0].clone(),
+            )),
+            SourceSpec::Kafka(kafka) => Box::new(SourceRunner::new(
+                KafkaSource::start(kafka, self.partition, batch, tracker.clone())?,
                 source_tx,
                 self.stats[0].clone(),
             )),

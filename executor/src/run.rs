@@ -148,7 +148,7 @@ impl PipelineRun {
             ..options.policy.clone()
         };
         let mut handles = Vec::new();
-        for partition in 0..spec.partitions() {
+        for partition in 0..resources.partitions {
             let factory =
                 PartitionFactory::new(resources.clone(), partition, policy.max_batch_attempts);
             let handle = PipelineHandle::spawn(PipelineArgs {

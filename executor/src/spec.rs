@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::connectors::bigtable::BigtableSpec;
+pub use crate::connectors::kafka::{KafkaSinkSpec, KafkaSourceSpec};
 
 /// A spec error: the field, the bad value, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +57,8 @@ pub enum SourceSpec {
     File(FileSourceSpec),
     /// Synthetic marketing events.
     Generator(GeneratorSpec),
+    /// A Kafka topic, a pipeline partition per topic partition.
+    Kafka(KafkaSourceSpec),
 }
 
 /// The YAML form of a source: exactly one of its kinds.
@@ -66,15 +69,18 @@ struct SourceFields {
     file: Option<FileSourceSpec>,
     #[serde(default)]
     generator: Option<GeneratorSpec>,
+    #[serde(default)]
+    kafka: Option<KafkaSourceSpec>,
 }
 
 impl TryFrom<SourceFields> for SourceSpec {
     type Error = String;
     fn try_from(fields: SourceFields) -> Result<Self, String> {
-        match (fields.file, fields.generator) {
-            (Some(file), None) => Ok(SourceSpec::File(file)),
-            (None, Some(generator)) => Ok(SourceSpec::Generator(generator)),
-            _ => Err("exactly one of `file` or `generator` is needed".into()),
+        match (fields.file, fields.generator, fields.kafka) {
+            (Some(file), None, None) => Ok(SourceSpec::File(file)),
+            (None, Some(generator), None) => Ok(SourceSpec::Generator(generator)),
+            (None, None, Some(kafka)) => Ok(SourceSpec::Kafka(kafka)),
+            _ => Err("exactly one of `file`, `generator` or `kafka` is needed".into()),
         }
     }
 }
@@ -92,6 +98,8 @@ struct SinkFields {
     null: Option<NoSettings>,
     #[serde(default)]
     bigtable: Option<BigtableSpec>,
+    #[serde(default)]
+    kafka: Option<KafkaSinkSpec>,
 }
 
 #[derive(Deserialize)]
@@ -106,8 +114,11 @@ impl TryFrom<SinkFields> for SinkSpec {
         targets.extend(fields.stdout.map(|_| SinkTarget::Stdout));
         targets.extend(fields.null.map(|_| SinkTarget::Null));
         targets.extend(fields.bigtable.map(SinkTarget::Bigtable));
+        targets.extend(fields.kafka.map(SinkTarget::Kafka));
         if targets.is_empty() {
-            return Err("at least one of `file`, `stdout`, `null` or `bigtable` is needed".into());
+            return Err(
+                "at least one of `file`, `stdout`, `null`, `bigtable` or `kafka` is needed".into(),
+            );
         }
         Ok(SinkSpec { targets })
     }
@@ -327,6 +338,8 @@ pub enum SinkTarget {
     Null,
     /// An upsert per customer: latest scores, model and last event.
     Bigtable(BigtableSpec),
+    /// A Kafka topic, through an idempotent producer.
+    Kafka(KafkaSinkSpec),
 }
 
 impl SinkSpec {
@@ -455,6 +468,7 @@ impl PipelineSpec {
                     ));
                 }
             }
+            SourceSpec::Kafka(kafka) => kafka.validate("source.kafka")?,
             SourceSpec::Generator(generator) => {
                 if generator.events == Some(0) {
                     return Err(SpecError::value(
@@ -615,6 +629,7 @@ impl PipelineSpec {
                     SinkTarget::Bigtable(bigtable) => {
                         bigtable.validate(&format!("{field}.bigtable"))?
                     }
+                    SinkTarget::Kafka(kafka) => kafka.validate(&format!("{field}.kafka"))?,
                     SinkTarget::Stdout | SinkTarget::Null => {}
                 }
             }
@@ -650,10 +665,21 @@ impl PipelineSpec {
         Ok(())
     }
 
-    pub fn partitions(&self) -> u32 {
+    /// Partitions known from the spec alone; a Kafka topic's come from its brokers.
+    pub fn partitions(&self) -> Option<u32> {
         match &self.source {
-            SourceSpec::File(_) => 1,
-            SourceSpec::Generator(generator) => generator.partitions,
+            SourceSpec::File(_) => Some(1),
+            SourceSpec::Generator(generator) => Some(generator.partitions),
+            SourceSpec::Kafka(_) => None,
+        }
+    }
+
+    /// What the source is, for dead-letter headers: `kafka:topic`, `file:path`...
+    pub fn source_name(&self) -> String {
+        match &self.source {
+            SourceSpec::File(file) => format!("file:{}", file.path.display()),
+            SourceSpec::Generator(_) => "generator".to_string(),
+            SourceSpec::Kafka(kafka) => format!("kafka:{}", kafka.topic),
         }
     }
 
@@ -721,7 +747,7 @@ dead_letter:
         assert_eq!(spec.batching.max_records, 1024);
         assert_eq!(spec.model.max_batch_rows, 4096);
         assert_eq!(spec.enrichment.on_miss, MissPolicy::Default);
-        assert_eq!(spec.partitions(), 1);
+        assert_eq!(spec.partitions(), Some(1));
         assert_eq!(spec.sink.targets, vec![SinkTarget::Null]);
     }
 

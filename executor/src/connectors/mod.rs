@@ -1,3 +1,4 @@
 //! Connectors to outside systems, one folder each.
 
 pub mod bigtable;
+pub mod kafka;

@@ -86,3 +86,79 @@ impl Drop for BigtableEmulator {
         self.stop();
     }
 }
+
+/// A Kafka-protocol broker (tansu, in memory), killed when dropped.
+pub struct KafkaBroker {
+    pub port: u16,
+    child: Child,
+    binary: PathBuf,
+}
+
+impl KafkaBroker {
+    fn binary() -> PathBuf {
+        let path = std::env::var_os("MIRADOR_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/mirador/tansu/bin/tansu")
+            });
+        assert!(
+            path.is_file(),
+            "the Kafka broker is missing: no {} (`make tansu` builds it; or set MIRADOR_TANSU)",
+            path.display()
+        );
+        path
+    }
+
+    pub fn start() -> Self {
+        let binary = Self::binary();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        wait_for_port(port, "the Kafka broker");
+        KafkaBroker {
+            port,
+            child,
+            binary,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let status = Command::new(&self.binary)
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu topic create runs");
+        assert!(status.success(), "cannot create topic {topic}");
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

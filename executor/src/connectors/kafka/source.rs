@@ -1,0 +1,208 @@
+//! One topic-partition, read from our checkpoint by a consumer on its own thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::KafkaSourceSpec;
+use crate::event::RawRecord;
+
+/// How long the polling thread gathers messages into one batch.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+
+/// The partitions of the spec's topic, from the brokers' metadata.
+pub fn partitions_of(spec: &KafkaSourceSpec, timeout: Duration) -> anyhow::Result<u32> {
+    let consumer: BaseConsumer = spec
+        .client_config()
+        .create()
+        .map_err(|e| anyhow::anyhow!("source.kafka: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(&spec.topic), timeout)
+        .map_err(|e| anyhow::anyhow!("source.kafka: metadata of {}: {e}", spec.topic))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(
+        partitions > 0,
+        "source.kafka.topic: {} has no partitions on {}",
+        spec.topic,
+        spec.brokers
+    );
+    Ok(partitions as u32)
+}
+
+enum Polled {
+    /// (offset, payload) in offset order.
+    Batch(Vec<(i64, Bytes)>),
+    /// The end of the partition, under `stop_at_end`.
+    End,
+}
+
+pub struct KafkaSource {
+    partition: u32,
+    batches: flume::Receiver<Polled>,
+    stop: Arc<AtomicBool>,
+    tracker: Arc<CheckpointTracker>,
+}
+
+impl KafkaSource {
+    /// Starts the polling thread of `partition`, resuming after the tracker's checkpoint.
+    pub fn start(
+        spec: &KafkaSourceSpec,
+        partition: u32,
+        batch_records: usize,
+        tracker: Arc<CheckpointTracker>,
+    ) -> Result<Self, StageError> {
+        let consumer: BaseConsumer = spec
+            .client_config()
+            .create()
+            .map_err(|e| StageError::Fatal(format!("source.kafka: {e}")))?;
+        let start = tracker
+            .committed()
+            .map_or(Offset::Beginning, |p| Offset::Offset(p.offset as i64));
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&spec.topic, partition as i32, start)
+            .and_then(|()| consumer.assign(&assignment))
+            .map_err(|e| StageError::Fatal(format!("source.kafka: assign {partition}: {e}")))?;
+        // Two batches ahead at most: the rest waits in the broker.
+        let (tx, batches) = flume::bounded(2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = Poller {
+            consumer,
+            tx,
+            stop: stop.clone(),
+            batch_records,
+            stop_at_end: spec.stop_at_end,
+            topic: spec.topic.clone(),
+            partition,
+        };
+        std::thread::Builder::new()
+            .name(format!("kafka-{}-{partition}", spec.topic))
+            .spawn(move || poller.run())
+            .map_err(|e| StageError::internal(format!("cannot start the kafka thread: {e}")))?;
+        Ok(KafkaSource {
+            partition,
+            batches,
+            stop,
+            tracker,
+        })
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Source for KafkaSource {
+    type Out = RawRecord;
+
+    fn name(&self) -> &'static str {
+        "source"
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Vec<RawRecord>>, StageError> {
+        let polled = self
+            .batches
+            .recv_async()
+            .await
+            .map_err(|_| StageError::internal("the kafka polling thread stopped"))?;
+        let messages = match polled {
+            Polled::Batch(messages) => messages,
+            Polled::End => return Ok(None),
+        };
+        let last = messages.last().map_or(0, |(offset, _)| *offset);
+        let end = Position {
+            partition: self.partition,
+            offset: last as u64 + 1,
+        };
+        let ack = self.tracker.open(messages.len(), end);
+        let read_at = Instant::now();
+        Ok(Some(
+            messages
+                .into_iter()
+                .map(|(offset, payload)| RawRecord {
+                    origin: Origin {
+                        ack,
+                        position: Position {
+                            partition: self.partition,
+                            offset: offset as u64,
+                        },
+                        payload,
+                        read_at,
+                    },
+                })
+                .collect(),
+        ))
+    }
+}
+
+struct Poller {
+    consumer: BaseConsumer,
+    tx: flume::Sender<Polled>,
+    stop: Arc<AtomicBool>,
+    batch_records: usize,
+    stop_at_end: bool,
+    topic: String,
+    partition: u32,
+}
+
+impl Poller {
+    fn run(self) {
+        let mut failures = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut batch = Vec::with_capacity(self.batch_records);
+            let mut at_end = false;
+            let deadline = Instant::now() + BATCH_WAIT;
+            while batch.len() < self.batch_records {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.consumer.poll(left.max(Duration::from_millis(1))) {
+                    Some(Ok(message)) => {
+                        failures = 0;
+                        let payload = message
+                            .payload()
+                            .map(Bytes::copy_from_slice)
+                            .unwrap_or_default();
+                        batch.push((message.offset(), payload));
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        at_end = self.stop_at_end;
+                        break;
+                    }
+                    Some(Err(error)) => {
+                        // The broker is away, the topic is gone, a leader moves:
+                        // librdkafka reconnects; we report and back off.
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            tracing::warn!(topic = %self.topic, partition = self.partition,
+                                %error, failures, "kafka consumer error, retrying");
+                        }
+                        std::thread::sleep(Duration::from_millis(50 * u64::from(failures.min(20))));
+                        break;
+                    }
+                    None => break,
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+            if !batch.is_empty() && self.tx.send(Polled::Batch(batch)).is_err() {
+                return;
+            }
+            if at_end {
+                let _ = self.tx.send(Polled::End);
+                return;
+            }
+        }
+    }
+}
