@@ -76,11 +76,11 @@ enum Command {
     },
     /// Measure the data path end to end and each stage alone.
     Bench {
-        /// Events of the end-to-end run.
-        #[arg(long, default_value_t = 3_000_000)]
+        /// Events of each end-to-end run.
+        #[arg(long, default_value_t = 6_000_000)]
         events: u64,
         /// Events each stage is measured on alone.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         stage_events: usize,
         /// Generator partitions of the end-to-end run.
         #[arg(long, default_value_t = 1)]

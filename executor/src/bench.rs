@@ -87,7 +87,10 @@ impl BenchReport {
             ),
             (
                 "peak memory (RSS)",
-                format!("{:>12.0} MB", self.peak_rss_mb),
+                format!(
+                    "{:>12.0} MB       (whole process, staged inputs included)",
+                    self.peak_rss_mb
+                ),
             ),
         ];
         let mut text = format!(
