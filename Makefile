@@ -21,7 +21,7 @@ MIRADOR := $(CARGO_TARGET_DIR)/release/mirador
 TANSU_VERSION := 0.6.0
 TANSU := $(CACHE)/tansu/bin/tansu
 
-.PHONY: tansu toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
+.PHONY: services services-down tansu toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
 
 setup: toolchain $(TORCH_STAMP)
 
@@ -56,6 +56,14 @@ build: setup
 
 demo: build
 	$(MIRADOR) dev --events 1000000
+
+# Pub/Sub and Bigtable emulators and a Kafka broker on loopback, with the demo's topics,
+# subscriptions and tables; `make services-down` stops exactly what it started.
+services: build $(TANSU)
+	MIRADOR=$(MIRADOR) MIRADOR_TANSU=$(TANSU) scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
 
 bench: build
 	$(MIRADOR) bench

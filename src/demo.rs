@@ -107,8 +107,18 @@ pub fn bench_spec(scratch: &Path, partitions: u32) -> anyhow::Result<PipelineSpe
     Ok(PipelineSpec::from_yaml(&yaml)?)
 }
 
-/// Writes `events` generator events, one JSON document per line, on stdout.
-pub fn generate(events: u64, poison_ratio: f64, customers: u64, seed: u64) -> anyhow::Result<()> {
+/// `events` generator payloads, one JSON document each.
+pub fn payloads(
+    events: u64,
+    poison_ratio: f64,
+    customers: u64,
+    seed: u64,
+) -> anyhow::Result<impl Iterator<Item = Vec<u8>>> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&poison_ratio),
+        "--poison-ratio: {poison_ratio} must be between 0 and 1"
+    );
+    anyhow::ensure!(customers >= 1, "--customers: must be at least 1");
     let spec = GeneratorSpec {
         events: Some(events),
         partitions: 1,
@@ -118,17 +128,19 @@ pub fn generate(events: u64, poison_ratio: f64, customers: u64, seed: u64) -> an
         seed,
         rate_per_sec: None,
     };
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&poison_ratio),
-        "--poison-ratio: {poison_ratio} must be between 0 and 1"
-    );
-    anyhow::ensure!(customers >= 1, "--customers: must be at least 1");
     let factory = EventFactory::new(&spec, 0, PayloadFormat::Json, 64 * 1024);
     let now_ms = chrono::Utc::now().timestamp_millis();
+    Ok((0..events).map(move |seq| {
+        let mut payload = Vec::with_capacity(512);
+        factory.payload(seq, now_ms, &mut payload);
+        payload
+    }))
+}
+
+/// Writes `events` generator events, one JSON document per line, on stdout.
+pub fn generate(events: u64, poison_ratio: f64, customers: u64, seed: u64) -> anyhow::Result<()> {
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut line = Vec::with_capacity(512);
-    for seq in 0..events {
-        factory.payload(seq, now_ms, &mut line);
+    for mut line in payloads(events, poison_ratio, customers, seed)? {
         // A payload with a newline inside would become two records of a JSONL file.
         line.retain(|b| *b != b'\n');
         line.push(b'\n');

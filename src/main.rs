@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mirador_executor::bench::{run_bench, BenchOptions};
+use mirador_executor::connectors::bigtable::{create_table, load_features, BigtableSpec};
+use mirador_executor::connectors::kafka::produce;
 use mirador_executor::infer::InferencePool;
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
 
@@ -68,6 +70,29 @@ enum Command {
         customers: u64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Produce to this Kafka topic instead of writing to stdout.
+        #[arg(long, requires = "brokers")]
+        kafka_topic: Option<String>,
+        /// host:port of the Kafka brokers, with --kafka-topic.
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+    /// Create a Bigtable table on an emulator and load a feature CSV into it.
+    BigtableLoad {
+        /// host:port of the emulator.
+        #[arg(long, default_value = "127.0.0.1:8086")]
+        endpoint: String,
+        #[arg(long, default_value = "test-project")]
+        project: String,
+        #[arg(long, default_value = "test-instance")]
+        instance: String,
+        #[arg(long, default_value = "features")]
+        table: String,
+        #[arg(long, default_value = "f")]
+        family: String,
+        /// The CSV to load (customer id first); none: only create the table.
+        #[arg(long)]
+        csv: Option<PathBuf>,
     },
     /// Check a pipeline spec without running it.
     Check {
@@ -173,8 +198,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poison_ratio,
             customers,
             seed,
+            kafka_topic,
+            brokers,
         } => {
-            demo::generate(events, poison_ratio, customers, seed)?;
+            match (kafka_topic, brokers) {
+                (Some(topic), Some(brokers)) => {
+                    let payloads = demo::payloads(events, poison_ratio, customers, seed)?;
+                    let delivered = produce(&brokers, &topic, payloads).await?;
+                    println!("{delivered} events produced to {topic}");
+                }
+                _ => demo::generate(events, poison_ratio, customers, seed)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BigtableLoad {
+            endpoint,
+            project,
+            instance,
+            table,
+            family,
+            csv,
+        } => {
+            let spec = BigtableSpec {
+                project,
+                instance,
+                table,
+                family,
+                endpoint: Some(endpoint),
+                channels: 1,
+                timeout_ms: 10_000,
+            };
+            spec.validate("bigtable")?;
+            create_table(&spec).await?;
+            match csv {
+                Some(csv) => {
+                    let rows = load_features(&spec, &csv).await?;
+                    println!("{}: {rows} rows loaded into {}", csv.display(), spec.table);
+                }
+                None => println!("table {} ready", spec.table),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { pipeline } => {

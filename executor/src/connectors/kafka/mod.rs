@@ -6,5 +6,5 @@ mod sink;
 mod source;
 
 pub use config::{KafkaKey, KafkaSinkSpec, KafkaSourceSpec};
-pub use sink::{KafkaRecord, KafkaSink};
+pub use sink::{produce, KafkaRecord, KafkaSink};
 pub use source::{partitions_of, KafkaSource};

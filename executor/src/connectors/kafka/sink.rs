@@ -165,3 +165,47 @@ fn check(
         Err(_) => Err("the producer went away".to_string()),
     }
 }
+
+/// Produces raw payloads to a topic (for loading test and demo input), waiting for every
+/// delivery. Returns how many were delivered.
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    payloads: impl Iterator<Item = Vec<u8>>,
+) -> anyhow::Result<u64> {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut pending = Vec::new();
+    let mut delivered = 0u64;
+    for payload in payloads {
+        loop {
+            match producer.send_result(FutureRecord::<(), _>::to(topic).payload(&payload)) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    for delivery in pending.drain(..) {
+                        check(delivery.await).map_err(anyhow::Error::msg)?;
+                        delivered += 1;
+                    }
+                }
+                Err((error, _)) => anyhow::bail!("producing to {topic}: {error}"),
+            }
+        }
+        if pending.len() >= 10_000 {
+            for delivery in pending.drain(..) {
+                check(delivery.await).map_err(anyhow::Error::msg)?;
+                delivered += 1;
+            }
+        }
+    }
+    for delivery in pending {
+        check(delivery.await).map_err(anyhow::Error::msg)?;
+        delivered += 1;
+    }
+    Ok(delivered)
+}
