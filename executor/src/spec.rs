@@ -321,7 +321,7 @@ fn default_threads() -> usize {
     1
 }
 
-/// Where a sink writes: every target, in this order.
+/// Where a sink writes: every target, in the order file, stdout, null, bigtable, kafka.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(try_from = "SinkFields")]
 pub struct SinkSpec {
@@ -831,9 +831,10 @@ dead_letter:
         assert_eq!(e.field, "sink");
         let spec = PipelineSpec::from_yaml(&SPEC.replace("  null: {}", "  null: {}\n  stdout: {}"))
             .unwrap();
+        // In the fixed order of the kinds, whatever the order in the file.
         assert_eq!(
             spec.sink.targets,
-            vec![SinkTarget::Null, SinkTarget::Stdout]
+            vec![SinkTarget::Stdout, SinkTarget::Null]
         );
         let e = error(&SPEC.replace(
             "  table:\n    path: features.csv",
