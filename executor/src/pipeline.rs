@@ -12,6 +12,7 @@ use mirador_actors::{
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
 use crate::connectors::kafka::{partitions_of, KafkaSink, KafkaSource};
+use crate::connectors::pubsub::{PubsubSink, PubsubSource};
 use crate::decode::{DecodeStage, Decoder};
 use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
 use crate::event::{ModelId, ScoredRecord};
@@ -51,7 +52,7 @@ fn jsonl_target(target: &SinkTarget, field: &str) -> anyhow::Result<Option<Jsonl
         )))),
         SinkTarget::Stdout => Some(JsonlTarget::Stdout),
         SinkTarget::Null => Some(JsonlTarget::Null),
-        SinkTarget::Bigtable(_) | SinkTarget::Kafka(_) => None,
+        SinkTarget::Bigtable(_) | SinkTarget::Kafka(_) | SinkTarget::Pubsub(_) => None,
     })
 }
 
@@ -68,6 +69,9 @@ async fn scored_sinks(
             SinkTarget::Kafka(kafka) => {
                 sinks.push(Arc::new(KafkaSink::connect(kafka, source.to_string())?))
             }
+            SinkTarget::Pubsub(pubsub) => sinks.push(Arc::new(
+                PubsubSink::connect(pubsub, source.to_string()).await?,
+            )),
             other => sinks.extend(
                 jsonl_target(other, "sink")?
                     .map(|t| Arc::new(t) as Arc<dyn RecordSink<ScoredRecord>>),
@@ -77,7 +81,7 @@ async fn scored_sinks(
     Ok(sinks)
 }
 
-fn dead_letter_sinks(
+async fn dead_letter_sinks(
     spec: &SinkSpec,
     source: &str,
 ) -> anyhow::Result<Vec<Arc<dyn RecordSink<DeadLetter>>>> {
@@ -85,6 +89,12 @@ fn dead_letter_sinks(
     for target in &spec.targets {
         if let SinkTarget::Kafka(kafka) = target {
             sinks.push(Arc::new(KafkaSink::connect(kafka, source.to_string())?));
+            continue;
+        }
+        if let SinkTarget::Pubsub(pubsub) = target {
+            sinks.push(Arc::new(
+                PubsubSink::connect(pubsub, source.to_string()).await?,
+            ));
             continue;
         }
         let target = jsonl_target(target, "dead_letter")?
@@ -153,7 +163,7 @@ impl PipelineResources {
                 version: spec.model.version.clone(),
             }),
             sink: scored_sinks(&spec.sink, &spec.source_name()).await?,
-            dead_letter: dead_letter_sinks(&spec.dead_letter, &spec.source_name())?,
+            dead_letter: dead_letter_sinks(&spec.dead_letter, &spec.source_name()).await?,
             partitions: match (&spec.source, spec.partitions()) {
                 (_, Some(partitions)) => partitions,
                 (SourceSpec::Kafka(kafka), None) => {
@@ -194,7 +204,7 @@ impl PartitionFactory {
         }
     }
 
-    fn generation(&self, tracker: Arc<CheckpointTracker>) -> Result<Generation, StageError> {
+    async fn generation(&self, tracker: Arc<CheckpointTracker>) -> Result<Generation, StageError> {
         let r = &self.resources;
         let spec = &r.spec;
         let capacity = spec.batching.link_capacity;
@@ -210,6 +220,11 @@ impl PartitionFactory {
         let source: Box<dyn StageSlot> = match &spec.source {
             SourceSpec::File(file) => Box::new(SourceRunner::new(
                 FileSource::open(&file.path, batch, max_payload, tracker.clone())?,
+                source_tx,
+                self.stats[0].clone(),
+            )),
+            SourceSpec::Pubsub(pubsub) => Box::new(SourceRunner::new(
+                PubsubSource::start(pubsub, self.partition, batch, tracker.clone()).await?,
                 source_tx,
                 self.stats[0].clone(),
             )),
@@ -332,6 +347,6 @@ impl GenerationFactory for PartitionFactory {
         &self,
         tracker: Arc<CheckpointTracker>,
     ) -> BoxFuture<'_, Result<Generation, StageError>> {
-        Box::pin(async move { self.generation(tracker) })
+        Box::pin(self.generation(tracker))
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 pub use crate::connectors::bigtable::BigtableSpec;
 pub use crate::connectors::kafka::{KafkaSinkSpec, KafkaSourceSpec};
+pub use crate::connectors::pubsub::{PubsubSinkSpec, PubsubSourceSpec};
 
 /// A spec error: the field, the bad value, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +60,8 @@ pub enum SourceSpec {
     Generator(GeneratorSpec),
     /// A Kafka topic, a pipeline partition per topic partition.
     Kafka(KafkaSourceSpec),
+    /// A Pub/Sub subscription, a pipeline partition per lane.
+    Pubsub(PubsubSourceSpec),
 }
 
 /// The YAML form of a source: exactly one of its kinds.
@@ -71,16 +74,19 @@ struct SourceFields {
     generator: Option<GeneratorSpec>,
     #[serde(default)]
     kafka: Option<KafkaSourceSpec>,
+    #[serde(default)]
+    pubsub: Option<PubsubSourceSpec>,
 }
 
 impl TryFrom<SourceFields> for SourceSpec {
     type Error = String;
     fn try_from(fields: SourceFields) -> Result<Self, String> {
-        match (fields.file, fields.generator, fields.kafka) {
-            (Some(file), None, None) => Ok(SourceSpec::File(file)),
-            (None, Some(generator), None) => Ok(SourceSpec::Generator(generator)),
-            (None, None, Some(kafka)) => Ok(SourceSpec::Kafka(kafka)),
-            _ => Err("exactly one of `file`, `generator` or `kafka` is needed".into()),
+        match (fields.file, fields.generator, fields.kafka, fields.pubsub) {
+            (Some(file), None, None, None) => Ok(SourceSpec::File(file)),
+            (None, Some(generator), None, None) => Ok(SourceSpec::Generator(generator)),
+            (None, None, Some(kafka), None) => Ok(SourceSpec::Kafka(kafka)),
+            (None, None, None, Some(pubsub)) => Ok(SourceSpec::Pubsub(pubsub)),
+            _ => Err("exactly one of `file`, `generator`, `kafka` or `pubsub` is needed".into()),
         }
     }
 }
@@ -100,6 +106,8 @@ struct SinkFields {
     bigtable: Option<BigtableSpec>,
     #[serde(default)]
     kafka: Option<KafkaSinkSpec>,
+    #[serde(default)]
+    pubsub: Option<PubsubSinkSpec>,
 }
 
 #[derive(Deserialize)]
@@ -115,9 +123,10 @@ impl TryFrom<SinkFields> for SinkSpec {
         targets.extend(fields.null.map(|_| SinkTarget::Null));
         targets.extend(fields.bigtable.map(SinkTarget::Bigtable));
         targets.extend(fields.kafka.map(SinkTarget::Kafka));
+        targets.extend(fields.pubsub.map(SinkTarget::Pubsub));
         if targets.is_empty() {
             return Err(
-                "at least one of `file`, `stdout`, `null`, `bigtable` or `kafka` is needed".into(),
+                "at least one of `file`, `stdout`, `null`, `bigtable`, `kafka` or `pubsub` is needed".into(),
             );
         }
         Ok(SinkSpec { targets })
@@ -340,6 +349,8 @@ pub enum SinkTarget {
     Bigtable(BigtableSpec),
     /// A Kafka topic, through an idempotent producer.
     Kafka(KafkaSinkSpec),
+    /// A Pub/Sub topic.
+    Pubsub(PubsubSinkSpec),
 }
 
 impl SinkSpec {
@@ -469,6 +480,7 @@ impl PipelineSpec {
                 }
             }
             SourceSpec::Kafka(kafka) => kafka.validate("source.kafka")?,
+            SourceSpec::Pubsub(pubsub) => pubsub.validate("source.pubsub")?,
             SourceSpec::Generator(generator) => {
                 if generator.events == Some(0) {
                     return Err(SpecError::value(
@@ -630,6 +642,7 @@ impl PipelineSpec {
                         bigtable.validate(&format!("{field}.bigtable"))?
                     }
                     SinkTarget::Kafka(kafka) => kafka.validate(&format!("{field}.kafka"))?,
+                    SinkTarget::Pubsub(pubsub) => pubsub.validate(&format!("{field}.pubsub"))?,
                     SinkTarget::Stdout | SinkTarget::Null => {}
                 }
             }
@@ -671,6 +684,7 @@ impl PipelineSpec {
             SourceSpec::File(_) => Some(1),
             SourceSpec::Generator(generator) => Some(generator.partitions),
             SourceSpec::Kafka(_) => None,
+            SourceSpec::Pubsub(pubsub) => Some(pubsub.lanes),
         }
     }
 
@@ -680,6 +694,7 @@ impl PipelineSpec {
             SourceSpec::File(file) => format!("file:{}", file.path.display()),
             SourceSpec::Generator(_) => "generator".to_string(),
             SourceSpec::Kafka(kafka) => format!("kafka:{}", kafka.topic),
+            SourceSpec::Pubsub(pubsub) => format!("pubsub:{}", pubsub.subscription),
         }
     }
 

@@ -2,3 +2,4 @@
 
 pub mod bigtable;
 pub mod kafka;
+pub mod pubsub;

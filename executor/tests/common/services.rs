@@ -162,3 +162,46 @@ impl Drop for KafkaBroker {
         let _ = self.child.wait();
     }
 }
+
+const PUBSUB_EMULATOR: &str =
+    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator";
+
+/// The Pub/Sub emulator (in memory), killed when dropped.
+pub struct PubsubEmulator {
+    pub port: u16,
+    child: Child,
+}
+
+impl PubsubEmulator {
+    pub fn start() -> Self {
+        let path = std::env::var_os("MIRADOR_PUBSUB_EMULATOR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(PUBSUB_EMULATOR));
+        assert!(
+            path.is_file(),
+            "the Pub/Sub emulator is missing: no {} (google-cloud-cli's pubsub emulator; \
+             set MIRADOR_PUBSUB_EMULATOR to its path)",
+            path.display()
+        );
+        let port = free_port();
+        let child = Command::new(path)
+            .args(["--host=127.0.0.1", &format!("--port={port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the Pub/Sub emulator starts");
+        wait_for_port(port, "the Pub/Sub emulator");
+        PubsubEmulator { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PubsubEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

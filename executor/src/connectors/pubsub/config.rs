@@ -1,0 +1,163 @@
+use google_cloud_auth::credentials::{anonymous, Credentials};
+use serde::Deserialize;
+
+use crate::spec::SpecError;
+
+/// A subscription to read, in the pipeline spec. Each lane (one streaming pull) is a
+/// partition of the pipeline.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubSourceSpec {
+    pub project: String,
+    pub subscription: String,
+    #[serde(default = "default_lanes")]
+    pub lanes: u32,
+    /// `http://host:port` of an emulator. Absent: `PUBSUB_EMULATOR_HOST` when it is set,
+    /// else Google Cloud with application default credentials.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Messages a lane holds unacknowledged at most (flow control, per lane).
+    #[serde(default = "default_outstanding")]
+    pub max_outstanding_messages: i64,
+    /// End a lane once it has had no message for this long and everything it read is
+    /// delivered (a bounded source, for replays and tests). Absent: follow forever.
+    #[serde(default)]
+    pub stop_after_idle_ms: Option<u64>,
+}
+
+fn default_lanes() -> u32 {
+    1
+}
+fn default_outstanding() -> i64 {
+    4096
+}
+
+/// A topic to publish to, in the pipeline spec.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubSinkSpec {
+    pub project: String,
+    pub topic: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+fn valid_id(id: &str) -> bool {
+    // Pub/Sub's rule: 3 to 255 characters, starting with a letter.
+    (3..=255).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+}
+
+fn validate_common(
+    field: &str,
+    project: &str,
+    (name, id): (&str, &str),
+    endpoint: Option<&String>,
+) -> Result<(), SpecError> {
+    for (key, value) in [("project", project), (name, id)] {
+        if !valid_id(value) {
+            return Err(SpecError::new(
+                format!("{field}.{key}"),
+                format!(
+                    "{value:?} is invalid: 3 to 255 letters, digits or -_.~+%, starting with a letter"
+                ),
+            ));
+        }
+    }
+    if let Some(endpoint) = endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(SpecError::new(
+                format!("{field}.endpoint"),
+                format!("{endpoint:?} is invalid: http://host:port or https://host"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl PubsubSourceSpec {
+    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+        validate_common(
+            field,
+            &self.project,
+            ("subscription", &self.subscription),
+            self.endpoint.as_ref(),
+        )?;
+        if !(1..=64).contains(&self.lanes) {
+            return Err(SpecError::new(
+                format!("{field}.lanes"),
+                format!("{} is invalid: must be between 1 and 64", self.lanes),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_outstanding_messages) {
+            return Err(SpecError::new(
+                format!("{field}.max_outstanding_messages"),
+                format!(
+                    "{} is invalid: must be between 1 and 1000000",
+                    self.max_outstanding_messages
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn subscription_path(&self) -> String {
+        format!(
+            "projects/{}/subscriptions/{}",
+            self.project, self.subscription
+        )
+    }
+
+    pub(super) fn connection(&self) -> Connection {
+        connection(self.endpoint.as_ref())
+    }
+}
+
+impl PubsubSinkSpec {
+    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+        validate_common(
+            field,
+            &self.project,
+            ("topic", &self.topic),
+            self.endpoint.as_ref(),
+        )
+    }
+
+    pub fn topic_path(&self) -> String {
+        format!("projects/{}/topics/{}", self.project, self.topic)
+    }
+
+    pub(super) fn connection(&self) -> Connection {
+        connection(self.endpoint.as_ref())
+    }
+}
+
+/// Where to connect and with what credentials.
+pub(super) struct Connection {
+    pub endpoint: Option<String>,
+    /// `None`: application default credentials.
+    pub credentials: Option<Credentials>,
+}
+
+fn connection(endpoint: Option<&String>) -> Connection {
+    let emulator = endpoint.cloned().or_else(|| {
+        std::env::var("PUBSUB_EMULATOR_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .map(|host| format!("http://{host}"))
+    });
+    match emulator {
+        // An emulator takes no credentials.
+        Some(endpoint) if endpoint.starts_with("http://") => Connection {
+            endpoint: Some(endpoint),
+            credentials: Some(anonymous::Builder::new().build()),
+        },
+        endpoint => Connection {
+            endpoint,
+            credentials: None,
+        },
+    }
+}

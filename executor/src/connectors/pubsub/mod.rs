@@ -1,0 +1,10 @@
+//! Google Cloud Pub/Sub: a source of N lanes (streaming pulls) per subscription, and a
+//! publisher for scored records and dead letters.
+
+mod config;
+mod sink;
+mod source;
+
+pub use config::{PubsubSinkSpec, PubsubSourceSpec};
+pub use sink::PubsubSink;
+pub use source::PubsubSource;

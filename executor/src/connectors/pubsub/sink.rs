@@ -1,0 +1,85 @@
+//! A publisher of scored records or dead letters.
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use mirador_actors::StageError;
+
+use super::PubsubSinkSpec;
+use crate::connectors::kafka::KafkaRecord;
+use crate::sinks::{EncodeContext, RecordSink};
+
+pub struct PubsubSink {
+    publisher: Publisher,
+    /// Names the pipeline's source in dead-letter attributes.
+    source: String,
+}
+
+impl PubsubSink {
+    pub async fn connect(spec: &PubsubSinkSpec, source: String) -> anyhow::Result<Self> {
+        let connection = spec.connection();
+        let mut builder = Publisher::builder(spec.topic_path());
+        if let Some(endpoint) = connection.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(credentials) = connection.credentials {
+            builder = builder.with_credentials(credentials);
+        }
+        let publisher = builder
+            .set_message_count_threshold(1000u32)
+            .build()
+            .await
+            .map_err(|e| anyhow::anyhow!("pubsub publisher for {}: {e}", spec.topic))?;
+        Ok(PubsubSink { publisher, source })
+    }
+}
+
+/// Dead letters carry what happened to them as attributes, the same fields as the Kafka
+/// headers; scored records carry none. The message body is what a Kafka sink would write.
+fn attributes<T: KafkaRecord>(record: &T, source: &str) -> HashMap<String, String> {
+    record
+        .headers(source)
+        .map(|headers| {
+            use rdkafka::message::Headers;
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl<T: KafkaRecord + Send + Sync + 'static> RecordSink<T> for PubsubSink {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [T],
+        context: &'a EncodeContext,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(async move {
+            let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
+            let pending: Vec<_> = batch
+                .iter()
+                .map(|record| {
+                    let message = Message::new()
+                        .set_data(record.value(context, &now))
+                        .set_attributes(attributes(record, &self.source));
+                    self.publisher.publish(message)
+                })
+                .collect();
+            for published in pending {
+                published.await.map_err(|e| StageError::Unavailable {
+                    service: "pubsub sink",
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! One lane of a subscription: a streaming pull whose messages are acknowledged only once
+//! they reached the sink or the dead letter.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::MessageStream;
+use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
+
+use super::PubsubSourceSpec;
+use crate::event::RawRecord;
+
+/// How long a lane gathers messages into one batch once the first has come.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How often a waiting lane acknowledges what became delivered.
+const ACK_EVERY: Duration = Duration::from_millis(100);
+
+/// A lane. Pub/Sub has no offsets: a record's position is its number in the lane, and
+/// the checkpoint is the acknowledgement of every message before it. Messages not
+/// acknowledged when the lane goes away (a crash, a generation restart) are delivered
+/// again by Pub/Sub.
+pub struct PubsubSource {
+    lane: u32,
+    stream: MessageStream,
+    batch_records: usize,
+    stop_after_idle: Option<Duration>,
+    tracker: Arc<CheckpointTracker>,
+    next: u64,
+    /// Handlers of the batches in flight, with the position after each batch.
+    unacked: VecDeque<(u64, Vec<Handler>)>,
+    last_message: Instant,
+}
+
+impl PubsubSource {
+    pub async fn start(
+        spec: &PubsubSourceSpec,
+        lane: u32,
+        batch_records: usize,
+        tracker: Arc<CheckpointTracker>,
+    ) -> Result<Self, StageError> {
+        let connection = spec.connection();
+        let mut builder = Subscriber::builder();
+        if let Some(endpoint) = connection.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(credentials) = connection.credentials {
+            builder = builder.with_credentials(credentials);
+        }
+        let client = builder
+            .build()
+            .await
+            .map_err(|e| StageError::Fatal(format!("source.pubsub: {e}")))?;
+        let stream = client
+            .subscribe(spec.subscription_path())
+            .set_max_outstanding_messages(spec.max_outstanding_messages)
+            .build();
+        Ok(PubsubSource {
+            lane,
+            stream,
+            batch_records,
+            stop_after_idle: spec.stop_after_idle_ms.map(Duration::from_millis),
+            next: tracker.committed().map_or(0, |p| p.offset),
+            tracker,
+            unacked: VecDeque::new(),
+            last_message: Instant::now(),
+        })
+    }
+
+    /// Acknowledges the batches the checkpoint has passed.
+    fn ack_delivered(&mut self) {
+        let committed = self.tracker.committed().map_or(0, |p| p.offset);
+        while self
+            .unacked
+            .front()
+            .is_some_and(|(end, _)| *end <= committed)
+        {
+            let (_, handlers) = self.unacked.pop_front().expect("checked");
+            handlers.into_iter().for_each(Handler::ack);
+        }
+    }
+}
+
+impl Source for PubsubSource {
+    type Out = RawRecord;
+
+    fn name(&self) -> &'static str {
+        "source"
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Vec<RawRecord>>, StageError> {
+        let mut messages = Vec::new();
+        // Wait for a first message, acknowledging delivered ones meanwhile.
+        loop {
+            self.ack_delivered();
+            match tokio::time::timeout(ACK_EVERY, self.stream.next()).await {
+                Ok(Some(Ok(message))) => {
+                    messages.push(message);
+                    break;
+                }
+                Ok(Some(Err(error))) => {
+                    return Err(StageError::Unavailable {
+                        service: "pubsub",
+                        message: error.to_string(),
+                    })
+                }
+                Ok(None) => return Err(StageError::internal("the pubsub stream closed")),
+                Err(_) => {
+                    let idle = self.last_message.elapsed();
+                    if self
+                        .stop_after_idle
+                        .is_some_and(|limit| idle >= limit && self.unacked.is_empty())
+                    {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while messages.len() < self.batch_records {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(message))) => messages.push(message),
+                _ => break,
+            }
+        }
+        self.last_message = Instant::now();
+        let start = self.next;
+        let end = start + messages.len() as u64;
+        self.next = end;
+        let ack = self.tracker.open(
+            messages.len(),
+            Position {
+                partition: self.lane,
+                offset: end,
+            },
+        );
+        let read_at = Instant::now();
+        let mut handlers = Vec::with_capacity(messages.len());
+        let mut batch = Vec::with_capacity(messages.len());
+        for (i, (message, handler)) in messages.into_iter().enumerate() {
+            handlers.push(handler);
+            batch.push(RawRecord {
+                origin: Origin {
+                    ack,
+                    position: Position {
+                        partition: self.lane,
+                        offset: start + i as u64,
+                    },
+                    payload: message.data,
+                    read_at,
+                },
+            });
+        }
+        self.unacked.push_back((end, handlers));
+        Ok(Some(batch))
+    }
+}
