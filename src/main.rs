@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mirador_executor::bench::{run_bench, BenchOptions};
+use mirador_executor::bench_connectors::{run_connector_bench, ConnectorBenchOptions};
 use mirador_executor::connectors::bigtable::{create_table, load_features, BigtableSpec};
 use mirador_executor::connectors::kafka::produce;
 use mirador_executor::infer::InferencePool;
@@ -76,6 +77,21 @@ enum Command {
         /// host:port of the Kafka brokers, with --kafka-topic.
         #[arg(long)]
         brokers: Option<String>,
+    },
+    /// Measure Kafka, Bigtable and Pub/Sub against running services (`make services`).
+    BenchConnectors {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// host:port of the Bigtable emulator with the `features` table loaded.
+        #[arg(long, default_value = "127.0.0.1:8086")]
+        bigtable: String,
+        /// http://host:port of the Pub/Sub emulator; none: no Pub/Sub figures.
+        #[arg(long)]
+        pubsub: Option<String>,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Create a Bigtable table on an emulator and load a feature CSV into it.
     BigtableLoad {
@@ -208,6 +224,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{delivered} events produced to {topic}");
                 }
                 _ => demo::generate(events, poison_ratio, customers, seed)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchConnectors {
+            brokers,
+            bigtable,
+            pubsub,
+            events,
+            json,
+        } => {
+            let scratch =
+                std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
+            let spec = demo::bench_spec(&scratch, 1)?;
+            let options = ConnectorBenchOptions {
+                brokers,
+                bigtable,
+                pubsub,
+                events,
+                model: spec.model.path.clone(),
+                features: spec.enrichment.features.clone(),
+            };
+            let report = run_connector_bench(&options, &scratch).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,6 +1,7 @@
 //! The Mirador executor: partition pipelines with their connectors and stages.
 
 pub mod bench;
+pub mod bench_connectors;
 pub mod checkpoint_store;
 pub mod connectors;
 pub mod decode;

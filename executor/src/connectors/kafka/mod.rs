@@ -7,4 +7,4 @@ mod source;
 
 pub use config::{KafkaKey, KafkaSinkSpec, KafkaSourceSpec};
 pub use sink::{produce, KafkaRecord, KafkaSink};
-pub use source::{partitions_of, KafkaSource};
+pub use source::{partitions_of, KafkaSource, QuietConsumer, QuietContext};

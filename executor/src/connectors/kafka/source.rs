@@ -6,21 +6,41 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::KafkaSourceSpec;
 use crate::event::RawRecord;
+
+/// A consumer context that reports client errors as warnings, except the end of a
+/// partition, which is news rather than an error (the poll loop handles it).
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
+/// A consumer for `spec`, reporting through [`QuietContext`].
+pub type QuietConsumer = BaseConsumer<QuietContext>;
 
 /// How long the polling thread gathers messages into one batch.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 
 /// The partitions of the spec's topic, from the brokers' metadata.
 pub fn partitions_of(spec: &KafkaSourceSpec, timeout: Duration) -> anyhow::Result<u32> {
-    let consumer: BaseConsumer = spec
+    let consumer: QuietConsumer = spec
         .client_config()
-        .create()
+        .create_with_context(QuietContext)
         .map_err(|e| anyhow::anyhow!("source.kafka: {e}"))?;
     let metadata = consumer
         .fetch_metadata(Some(&spec.topic), timeout)
@@ -61,9 +81,9 @@ impl KafkaSource {
         batch_records: usize,
         tracker: Arc<CheckpointTracker>,
     ) -> Result<Self, StageError> {
-        let consumer: BaseConsumer = spec
+        let consumer: QuietConsumer = spec
             .client_config()
-            .create()
+            .create_with_context(QuietContext)
             .map_err(|e| StageError::Fatal(format!("source.kafka: {e}")))?;
         let start = tracker
             .committed()
@@ -148,7 +168,7 @@ impl Source for KafkaSource {
 }
 
 struct Poller {
-    consumer: BaseConsumer,
+    consumer: QuietConsumer,
     tx: flume::Sender<Polled>,
     stop: Arc<AtomicBool>,
     batch_records: usize,

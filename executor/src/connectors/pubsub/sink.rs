@@ -36,6 +36,19 @@ impl PubsubSink {
     }
 }
 
+/// Pub/Sub refuses attribute values longer than this.
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
+/// Pub/Sub refuses messages larger than 10 MB; a bigger dead letter keeps its head.
+const MAX_DATA_BYTES: usize = 9 * 1024 * 1024;
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Dead letters carry what happened to them as attributes, the same fields as the Kafka
 /// headers; scored records carry none. The message body is what a Kafka sink would write.
 fn attributes<T: KafkaRecord>(record: &T, source: &str) -> HashMap<String, String> {
@@ -46,9 +59,10 @@ fn attributes<T: KafkaRecord>(record: &T, source: &str) -> HashMap<String, Strin
             headers
                 .iter()
                 .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
                     (
                         h.key.to_string(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        truncate(&value, MAX_ATTRIBUTE_BYTES).to_string(),
                     )
                 })
                 .collect()
@@ -67,9 +81,13 @@ impl<T: KafkaRecord + Send + Sync + 'static> RecordSink<T> for PubsubSink {
             let pending: Vec<_> = batch
                 .iter()
                 .map(|record| {
-                    let message = Message::new()
-                        .set_data(record.value(context, &now))
-                        .set_attributes(attributes(record, &self.source));
+                    let mut data = record.value(context, &now);
+                    let mut attributes = attributes(record, &self.source);
+                    if data.len() > MAX_DATA_BYTES {
+                        attributes.insert("truncated_from".into(), data.len().to_string());
+                        data.truncate(MAX_DATA_BYTES);
+                    }
+                    let message = Message::new().set_data(data).set_attributes(attributes);
                     self.publisher.publish(message)
                 })
                 .collect();
