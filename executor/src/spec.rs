@@ -869,6 +869,15 @@ dead_letter:
     }
 
     #[test]
+    fn the_connector_examples_are_valid() {
+        for name in ["kafka-bigtable", "pubsub-bigtable"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.yaml"));
+            let spec = PipelineSpec::from_file(&path).unwrap();
+            assert_eq!(spec.name, name);
+        }
+    }
+
+    #[test]
     fn the_bundled_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local.yaml");
         let spec = PipelineSpec::from_file(&path).unwrap();
