@@ -871,7 +871,8 @@ dead_letter:
     #[test]
     fn the_connector_examples_are_valid() {
         for name in ["kafka-bigtable", "pubsub-bigtable"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.yaml"));
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.yaml"));
             let spec = PipelineSpec::from_file(&path).unwrap();
             assert_eq!(spec.name, name);
         }
