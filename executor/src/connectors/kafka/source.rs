@@ -104,6 +104,10 @@ impl KafkaSource {
             stop_at_end: spec.stop_at_end,
             topic: spec.topic.clone(),
             partition,
+            expected: match start {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            },
         };
         std::thread::Builder::new()
             .name(format!("kafka-{}-{partition}", spec.topic))
@@ -175,10 +179,12 @@ struct Poller {
     stop_at_end: bool,
     topic: String,
     partition: u32,
+    /// The offset the next message should have, once known.
+    expected: Option<i64>,
 }
 
 impl Poller {
-    fn run(self) {
+    fn run(mut self) {
         let mut failures = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
             let mut batch = Vec::with_capacity(self.batch_records);
@@ -189,6 +195,14 @@ impl Poller {
                 match self.consumer.poll(left.max(Duration::from_millis(1))) {
                     Some(Ok(message)) => {
                         failures = 0;
+                        // Gaps are legal (compaction, transaction markers) but worth
+                        // saying: a broker that skips records shows here.
+                        if let Some(expected) = self.expected.filter(|e| message.offset() > *e) {
+                            tracing::warn!(topic = %self.topic, partition = self.partition,
+                                from = expected, to = message.offset() - 1,
+                                "kafka partition skipped offsets");
+                        }
+                        self.expected = Some(message.offset() + 1);
                         let payload = message
                             .payload()
                             .map(Bytes::copy_from_slice)
