@@ -149,3 +149,52 @@ pub fn generate(events: u64, poison_ratio: f64, customers: u64, seed: u64) -> an
     stdout.flush()?;
     Ok(())
 }
+
+/// Where `make services` runs the Kafka broker.
+pub const SERVICES_BROKERS: &str = "127.0.0.1:9092";
+
+/// The demo through the services of `make services`: Kafka in, features from Bigtable,
+/// Kafka and Bigtable out, dead letters to Kafka. Reads the topic to its end.
+pub fn services_spec(out: &Path) -> anyhow::Result<PipelineSpec> {
+    write_assets(&out.join("assets"))?;
+    // Each demo run starts from the beginning of the topic.
+    let _ = std::fs::remove_dir_all(out.join("checkpoints"));
+    let dir = out.display();
+    let yaml = format!(
+        r#"
+name: demo-services
+source:
+  kafka:
+    brokers: "{SERVICES_BROKERS}"
+    topic: events
+    stop_at_end: true
+enrichment:
+  bigtable:
+    project: test-project
+    instance: test-instance
+    table: features
+    endpoint: "127.0.0.1:8086"
+  features: {FEATURES}
+model:
+  name: propensity
+  version: "1"
+  path: {dir}/assets/propensity-v1.pt
+sink:
+  kafka:
+    brokers: "{SERVICES_BROKERS}"
+    topic: scored
+  bigtable:
+    project: test-project
+    instance: test-instance
+    table: scores
+    endpoint: "127.0.0.1:8086"
+dead_letter:
+  kafka:
+    brokers: "{SERVICES_BROKERS}"
+    topic: dead-letter
+checkpoint:
+  dir: {dir}/checkpoints
+"#
+    );
+    Ok(PipelineSpec::from_yaml(&yaml)?)
+}

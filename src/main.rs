@@ -49,6 +49,11 @@ enum Command {
         /// Where the scored records, dead letters and checkpoints go.
         #[arg(long, default_value = "mirador-out")]
         out: PathBuf,
+        /// Run through the services of `make services` instead: the events go to the Kafka
+        /// topic `events`, features come from Bigtable, scores go to the topic `scored` and
+        /// the Bigtable table `scores`, dead letters to the topic `dead-letter`.
+        #[arg(long)]
+        services: bool,
     },
     /// Run a pipeline spec on this node until its bounded source is exhausted.
     Run {
@@ -166,13 +171,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poison_ratio,
             rate,
             out,
+            services,
         } => {
-            let spec = demo::prepare(&out, events, partitions, poison_ratio, rate)?;
-            eprintln!(
-                "mirador dev: {} partitions, poison ratio {poison_ratio}, writing to {}",
-                partitions,
-                out.display()
-            );
+            let spec = if services {
+                let events = events.unwrap_or(200_000);
+                let payloads = demo::payloads(events, poison_ratio, 12_000, 7)?;
+                let delivered = produce(demo::SERVICES_BROKERS, "events", payloads).await?;
+                eprintln!("mirador dev: {delivered} events produced to the topic events");
+                demo::services_spec(&out)?
+            } else {
+                demo::prepare(&out, events, partitions, poison_ratio, rate)?
+            };
+            if !services {
+                eprintln!(
+                    "mirador dev: {} partitions, poison ratio {poison_ratio}, writing to {}",
+                    partitions,
+                    out.display()
+                );
+            }
             let pool = InferencePool::default();
             let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
             let options = RunOptions {
@@ -181,11 +197,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = run_pipeline(resources, &options).await?;
             eprint!("{}", report.render());
-            eprintln!(
-                "  scored records in {}, dead letters in {}",
-                out.join("scored.jsonl").display(),
-                out.join("dead-letter.jsonl").display()
-            );
+            if services {
+                eprintln!("  scored records in the topic scored and the Bigtable table scores, dead letters in the topic dead-letter");
+            } else {
+                eprintln!(
+                    "  scored records in {}, dead letters in {}",
+                    out.join("scored.jsonl").display(),
+                    out.join("dead-letter.jsonl").display()
+                );
+            }
             Ok(exit_code(report.succeeded()))
         }
         Command::Run {
