@@ -2,15 +2,15 @@
 //! topic ends in the sink or the dead letter, and only records after a partition's last
 //! checkpoint are written twice. Needs the tansu broker (`make tansu`).
 
-use std::collections::HashMap;
+mod common;
+
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use common::{checkpoint, run, run_and_kill, write_spec, written, MIRADOR};
 
-const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
 const EVENTS: u64 = 40_000;
 
 struct Broker {
@@ -82,32 +82,6 @@ fn start_broker() -> (Broker, u16) {
     (broker, port)
 }
 
-/// (partition, offset) -> times written, over the sink and the dead letter.
-fn written(dir: &Path) -> HashMap<(u64, u64), usize> {
-    let mut counts = HashMap::new();
-    for file in ["scored.jsonl", "dead.jsonl"] {
-        for line in std::fs::read_to_string(dir.join(file))
-            .unwrap_or_default()
-            .lines()
-        {
-            let value: Value = serde_json::from_str(line).expect("only whole lines in a sink");
-            let key = (
-                value["source"]["partition"].as_u64().unwrap(),
-                value["source"]["offset"].as_u64().unwrap(),
-            );
-            *counts.entry(key).or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn checkpoints(dir: &Path) -> [Option<u64>; 2] {
-    [0, 1].map(|p| {
-        let bytes = std::fs::read(dir.join(format!("checkpoints/killed-kafka.p{p}.json"))).ok()?;
-        serde_json::from_slice::<Value>(&bytes).ok()?["offset"].as_u64()
-    })
-}
-
 #[test]
 fn kill_9_of_a_kafka_pipeline_then_restart_loses_nothing() {
     let (_broker, port) = start_broker();
@@ -152,74 +126,24 @@ fn kill_9_of_a_kafka_pipeline_then_restart_loses_nothing() {
 
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let spec = dir.join("pipeline.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"
-name: killed-kafka
-source:
-  kafka:
-    brokers: "{brokers}"
-    topic: events
-    stop_at_end: true
-enrichment:
-  table:
-    path: {features}
-  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-sink:
-  file:
-    path: {out}/scored.jsonl
-dead_letter:
-  file:
-    path: {out}/dead.jsonl
-batching:
-  max_records: 256
-checkpoint:
-  dir: {out}/checkpoints
-  interval_ms: 100
-"#,
-            features = repo.join("examples/features.csv").display(),
-            model = repo.join("models/propensity-v1.pt").display(),
-            out = dir.display(),
-        ),
-    )
-    .unwrap();
-    let run = || {
-        Command::new(MIRADOR)
-            .args(["run", "--quiet", "--pipeline"])
-            .arg(&spec)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spec = write_spec(
+        dir,
+        "killed-kafka",
+        &format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: events\n    stop_at_end: true"),
+    );
+    let checkpoints = || [0, 1].map(|p| checkpoint(dir, "killed-kafka", p));
 
-    let mut first = run();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !checkpoints(dir).iter().any(|c| c.is_some_and(|o| o > 0)) {
-        assert!(Instant::now() < deadline, "no checkpoint was written");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(150));
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let resume = checkpoints(dir).map(|c| c.unwrap_or(0));
+    run_and_kill(&spec, || {
+        checkpoints().iter().any(|c| c.is_some_and(|o| o > 0))
+    });
+    let resume = checkpoints().map(|c| c.unwrap_or(0));
     let before = written(dir);
     assert!(
         (before.len() as u64) < EVENTS,
         "the kill came before the end"
     );
 
-    assert!(run().wait().unwrap().success());
+    assert!(run(&spec).wait().unwrap().success());
     let after = written(dir);
     assert_eq!(
         after.len() as u64,

@@ -2,18 +2,12 @@
 //! the sink or the dead letter, and only records after the last checkpoint are written
 //! twice.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
 
-const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{checkpoint, run, run_and_kill, write_spec, written, MIRADOR};
 
 /// Byte offsets of the records of a JSON-lines file, as the file source numbers them.
 fn line_offsets(path: &Path) -> Vec<u64> {
@@ -29,25 +23,6 @@ fn line_offsets(path: &Path) -> Vec<u64> {
     offsets
 }
 
-fn written_offsets(dir: &Path) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for file in ["scored.jsonl", "dead.jsonl"] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        for line in text.lines() {
-            let value: Value = serde_json::from_str(line).expect("only whole lines in a sink");
-            *counts
-                .entry(value["source"]["offset"].as_u64().unwrap())
-                .or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn checkpoint(dir: &Path) -> Option<u64> {
-    let bytes = std::fs::read(dir.join("checkpoints/killed.p0.json")).ok()?;
-    serde_json::from_slice::<Value>(&bytes).ok()?["offset"].as_u64()
-}
-
 #[test]
 fn kill_9_then_restart_loses_nothing_and_duplicates_only_past_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,69 +34,25 @@ fn kill_9_then_restart_loses_nothing_and_duplicates_only_past_the_checkpoint() {
         .status()
         .unwrap();
     assert!(generated.success());
-    let spec = dir.join("pipeline.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"
-name: killed
-source:
-  file:
-    path: {input}
-enrichment:
-  table:
-    path: {features}
-  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-sink:
-  file:
-    path: {out}/scored.jsonl
-dead_letter:
-  file:
-    path: {out}/dead.jsonl
-batching:
-  max_records: 256
-checkpoint:
-  dir: {out}/checkpoints
-  interval_ms: 100
-"#,
-            input = input.display(),
-            features = repo().join("examples/features.csv").display(),
-            model = repo().join("models/propensity-v1.pt").display(),
-            out = dir.display(),
-        ),
-    )
-    .unwrap();
-    let run = || {
-        Command::new(MIRADOR)
-            .args(["run", "--quiet", "--pipeline"])
-            .arg(&spec)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
+    let spec = write_spec(
+        dir,
+        "killed",
+        &format!("  file:\n    path: {}", input.display()),
+    );
+    let checkpoint = || checkpoint(dir, "killed", 0);
+    let written_offsets = || -> std::collections::HashMap<u64, usize> {
+        written(dir)
+            .into_iter()
+            .map(|((_, offset), n)| (offset, n))
+            .collect()
     };
     let expected = line_offsets(&input);
     assert_eq!(expected.len(), 150_000);
 
     // First run: killed once a checkpoint has been written.
-    let mut first = run();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while checkpoint(dir).is_none_or(|offset| offset == 0) {
-        assert!(Instant::now() < deadline, "no checkpoint was written");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(150));
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let resume = checkpoint(dir).unwrap();
-    let before = written_offsets(dir);
+    run_and_kill(&spec, || checkpoint().is_some_and(|offset| offset > 0));
+    let resume = checkpoint().unwrap();
+    let before = written_offsets();
     assert!(
         before.len() < expected.len(),
         "the kill came before the end ({} of {} written)",
@@ -134,9 +65,9 @@ checkpoint:
     );
 
     // Second run: resumes at the checkpoint and goes to the end.
-    let status = run().wait().unwrap();
+    let status = run(&spec).wait().unwrap();
     assert!(status.success());
-    let after = written_offsets(dir);
+    let after = written_offsets();
     let missing: Vec<&u64> = expected.iter().filter(|o| !after.contains_key(o)).collect();
     assert!(
         missing.is_empty(),

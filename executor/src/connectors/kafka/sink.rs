@@ -137,75 +137,69 @@ impl<T: KafkaRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
                         }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             // The producer's queue is full: let what is in flight land.
-                            for delivery in pending.drain(..) {
-                                check(delivery.await).map_err(unavailable)?;
-                            }
+                            land(&mut pending).await.map_err(unavailable)?;
                         }
                         Err((error, _)) => return Err(unavailable(error.to_string())),
                     }
                 }
             }
-            for delivery in pending {
-                check(delivery.await).map_err(unavailable)?;
-            }
-            Ok(())
+            land(&mut pending).await.map_err(unavailable)
         })
     }
 }
 
-fn check(
-    delivery: Result<
-        rdkafka::producer::future_producer::OwnedDeliveryResult,
-        futures::channel::oneshot::Canceled,
-    >,
-) -> Result<(), String> {
-    match delivery {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _))) => Err(error.to_string()),
-        Err(_) => Err("the producer went away".to_string()),
+/// Waits for every pending delivery; the first failure is the error.
+async fn land(pending: &mut Vec<DeliveryFuture>) -> Result<(), String> {
+    for delivery in pending.drain(..) {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(error.to_string()),
+            Err(_) => return Err("the producer went away".to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// A raw payload, produced as it is: no key, no headers.
+impl KafkaRecord for Vec<u8> {
+    fn key(&self, _key: KafkaKey) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn value(&self, _context: &EncodeContext, _now: &str) -> Vec<u8> {
+        self.clone()
+    }
+
+    fn headers(&self, _source: &str) -> Option<OwnedHeaders> {
+        None
     }
 }
 
-/// Produces raw payloads to a topic (for loading test and demo input), waiting for every
-/// delivery. Returns how many were delivered.
+/// Produces raw payloads to a topic (for loading test and demo input), through the same
+/// idempotent producer as the sink, waiting for every delivery. Returns how many were
+/// delivered.
 pub async fn produce(
     brokers: &str,
     topic: &str,
-    payloads: impl Iterator<Item = Vec<u8>>,
+    mut payloads: impl Iterator<Item = Vec<u8>>,
 ) -> anyhow::Result<u64> {
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let mut pending = Vec::new();
-    let mut delivered = 0u64;
-    for payload in payloads {
-        loop {
-            match producer.send_result(FutureRecord::<(), _>::to(topic).payload(&payload)) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    for delivery in pending.drain(..) {
-                        check(delivery.await).map_err(anyhow::Error::msg)?;
-                        delivered += 1;
-                    }
-                }
-                Err((error, _)) => anyhow::bail!("producing to {topic}: {error}"),
-            }
+    let spec = KafkaSinkSpec {
+        brokers: brokers.to_string(),
+        topic: topic.to_string(),
+        key: KafkaKey::default(),
+        properties: Default::default(),
+    };
+    let sink = KafkaSink::connect(&spec, String::new())?;
+    let context = EncodeContext::default();
+    let mut delivered = 0;
+    loop {
+        let chunk: Vec<Vec<u8>> = payloads.by_ref().take(10_000).collect();
+        if chunk.is_empty() {
+            return Ok(delivered);
         }
-        if pending.len() >= 10_000 {
-            for delivery in pending.drain(..) {
-                check(delivery.await).map_err(anyhow::Error::msg)?;
-                delivered += 1;
-            }
-        }
+        RecordSink::write(&sink, &chunk, &context)
+            .await
+            .map_err(|e| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        delivered += chunk.len() as u64;
     }
-    for delivery in pending {
-        check(delivery.await).map_err(anyhow::Error::msg)?;
-        delivered += 1;
-    }
-    Ok(delivered)
 }

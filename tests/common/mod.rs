@@ -1,0 +1,106 @@
+//! Shared by the tests that run the `mirador` binary and kill it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes `dir/pipeline.yaml`: `source` (a YAML block indented by two spaces) through the
+/// demo features and model into `dir/scored.jsonl` and `dir/dead.jsonl`, checkpointing
+/// every 100 ms into `dir/checkpoints`.
+pub fn write_spec(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let spec = dir.join("pipeline.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+name: {name}
+source:
+{source}
+enrichment:
+  table:
+    path: {features}
+  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
+model:
+  name: propensity
+  version: "1"
+  path: {model}
+sink:
+  file:
+    path: {out}/scored.jsonl
+dead_letter:
+  file:
+    path: {out}/dead.jsonl
+batching:
+  max_records: 256
+checkpoint:
+  dir: {out}/checkpoints
+  interval_ms: 100
+"#,
+            features = repo().join("examples/features.csv").display(),
+            model = repo().join("models/propensity-v1.pt").display(),
+            out = dir.display(),
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+pub fn run(spec: &Path) -> Child {
+    Command::new(MIRADOR)
+        .args(["run", "--quiet", "--pipeline"])
+        .arg(spec)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `spec` and kills it with SIGKILL a little after `checkpointed` first holds.
+pub fn run_and_kill(spec: &Path, checkpointed: impl Fn() -> bool) {
+    let mut first = run(spec);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpointed() {
+        assert!(Instant::now() < deadline, "no checkpoint was written");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+}
+
+/// The saved position of a partition.
+pub fn checkpoint(dir: &Path, pipeline: &str, partition: u32) -> Option<u64> {
+    let path = dir.join(format!("checkpoints/{pipeline}.p{partition}.json"));
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?["offset"].as_u64()
+}
+
+/// (partition, offset) -> times written, over the sink and the dead letter.
+pub fn written(dir: &Path) -> HashMap<(u64, u64), usize> {
+    let mut counts = HashMap::new();
+    for file in ["scored.jsonl", "dead.jsonl"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        for line in text.lines() {
+            let value: Value = serde_json::from_str(line).expect("only whole lines in a sink");
+            let key = (
+                value["source"]["partition"].as_u64().unwrap(),
+                value["source"]["offset"].as_u64().unwrap(),
+            );
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    counts
+}
