@@ -11,14 +11,15 @@ use mirador_actors::{
 };
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
-use crate::connectors::kafka::{partitions_of, KafkaSink, KafkaSource};
+use crate::connectors::kafka::{partitions_of, KafkaRecord, KafkaSink, KafkaSource};
 use crate::connectors::pubsub::{PubsubSink, PubsubSource};
 use crate::decode::{DecodeStage, Decoder};
 use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
 use crate::event::{ModelId, ScoredRecord};
 use crate::infer::{InferStage, InferenceBatcher, InferencePool, EVENT_FEATURES};
 use crate::sinks::{
-    EncodeContext, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, RecordSink, SinkStage,
+    EncodeContext, JsonLine, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, RecordSink,
+    SinkStage,
 };
 use crate::sources::{FileSource, GeneratorSource};
 use crate::spec::{PipelineSpec, SinkSpec, SinkTarget, SourceSpec};
@@ -44,15 +45,30 @@ pub struct PipelineResources {
     pub partitions: u32,
 }
 
-fn jsonl_target(target: &SinkTarget, field: &str) -> anyhow::Result<Option<JsonlTarget>> {
+/// A target that takes any record with a JSON line and a Kafka form: every kind but
+/// Bigtable, which only takes scored records.
+async fn record_sink<T>(
+    target: &SinkTarget,
+    field: &str,
+    source: &str,
+) -> anyhow::Result<Arc<dyn RecordSink<T>>>
+where
+    T: JsonLine + KafkaRecord + Send + Sync + 'static,
+{
     Ok(match target {
-        SinkTarget::File(file) => Some(JsonlTarget::File(Arc::new(std::sync::Mutex::new(
+        SinkTarget::File(file) => Arc::new(JsonlTarget::File(Arc::new(std::sync::Mutex::new(
             JsonlFile::open(&file.path)
                 .map_err(|e| anyhow::anyhow!("{field}.file.path: {}: {e}", file.path.display()))?,
         )))),
-        SinkTarget::Stdout => Some(JsonlTarget::Stdout),
-        SinkTarget::Null => Some(JsonlTarget::Null),
-        SinkTarget::Bigtable(_) | SinkTarget::Kafka(_) | SinkTarget::Pubsub(_) => None,
+        SinkTarget::Stdout => Arc::new(JsonlTarget::Stdout),
+        SinkTarget::Null => Arc::new(JsonlTarget::Null),
+        SinkTarget::Kafka(kafka) => Arc::new(KafkaSink::connect(kafka, source.to_string())?),
+        SinkTarget::Pubsub(pubsub) => {
+            Arc::new(PubsubSink::connect(pubsub, source.to_string()).await?)
+        }
+        SinkTarget::Bigtable(_) => {
+            anyhow::bail!("{field}.bigtable: only scored records go to bigtable")
+        }
     })
 }
 
@@ -62,21 +78,10 @@ async fn scored_sinks(
 ) -> anyhow::Result<Vec<Arc<dyn RecordSink<ScoredRecord>>>> {
     let mut sinks: Vec<Arc<dyn RecordSink<ScoredRecord>>> = Vec::new();
     for target in &spec.targets {
-        match target {
-            SinkTarget::Bigtable(bigtable) => {
-                sinks.push(Arc::new(BigtableSink::connect(bigtable).await?))
-            }
-            SinkTarget::Kafka(kafka) => {
-                sinks.push(Arc::new(KafkaSink::connect(kafka, source.to_string())?))
-            }
-            SinkTarget::Pubsub(pubsub) => sinks.push(Arc::new(
-                PubsubSink::connect(pubsub, source.to_string()).await?,
-            )),
-            other => sinks.extend(
-                jsonl_target(other, "sink")?
-                    .map(|t| Arc::new(t) as Arc<dyn RecordSink<ScoredRecord>>),
-            ),
-        }
+        sinks.push(match target {
+            SinkTarget::Bigtable(bigtable) => Arc::new(BigtableSink::connect(bigtable).await?),
+            other => record_sink(other, "sink", source).await?,
+        });
     }
     Ok(sinks)
 }
@@ -85,21 +90,9 @@ async fn dead_letter_sinks(
     spec: &SinkSpec,
     source: &str,
 ) -> anyhow::Result<Vec<Arc<dyn RecordSink<DeadLetter>>>> {
-    let mut sinks: Vec<Arc<dyn RecordSink<DeadLetter>>> = Vec::new();
+    let mut sinks = Vec::new();
     for target in &spec.targets {
-        if let SinkTarget::Kafka(kafka) = target {
-            sinks.push(Arc::new(KafkaSink::connect(kafka, source.to_string())?));
-            continue;
-        }
-        if let SinkTarget::Pubsub(pubsub) = target {
-            sinks.push(Arc::new(
-                PubsubSink::connect(pubsub, source.to_string()).await?,
-            ));
-            continue;
-        }
-        let target = jsonl_target(target, "dead_letter")?
-            .ok_or_else(|| anyhow::anyhow!("dead_letter: a dead letter keeps whole records"))?;
-        sinks.push(Arc::new(target));
+        sinks.push(record_sink(target, "dead_letter", source).await?);
     }
     Ok(sinks)
 }
