@@ -46,7 +46,7 @@ $(TORCH_STAMP):
 $(TANSU):
 	@echo "building the tansu Kafka broker $(TANSU_VERSION) into $(CACHE)/tansu (about 11 minutes, once)"
 	CARGO_TARGET_DIR=$(CACHE)/tansu-build cargo install tansu --version $(TANSU_VERSION) --locked \
-	  --no-default-features --features dynostore --root $(CACHE)/tansu
+	  --no-default-features --features dynostore,libsql --root $(CACHE)/tansu
 	rm -rf $(CACHE)/tansu-build
 
 tansu: $(TANSU)

@@ -9,7 +9,7 @@ use mirador_actors::{CheckpointTracker, Origin, Output, Position, Stage};
 use serde::Serialize;
 
 use crate::decode::{DecodeStage, Decoder};
-use crate::enrich::EnrichStage;
+use crate::enrich::{EnrichStage, LookupPolicy};
 use crate::event::RawRecord;
 use crate::infer::{InferStage, InferencePool};
 use crate::pipeline::PipelineResources;
@@ -147,14 +147,11 @@ pub async fn run_bench(spec: PipelineSpec, options: &BenchOptions) -> anyhow::Re
     }
     let decode_per_sec = median(rates);
 
-    let e = &spec.enrichment;
     let mut enrich = EnrichStage::new(
         resources.lookup.clone(),
         resources.cache.clone(),
-        e.on_miss,
         resources.defaults.clone(),
-        Duration::from_millis(e.timeout_ms),
-        e.retries,
+        LookupPolicy::from_spec(&spec.enrichment),
     );
     run_stage(&mut enrich, &decoded).await?; // warms the cache
     let mut enriched = Vec::new();

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSpec};
 use crate::connectors::kafka::{produce, QuietConsumer, QuietContext};
+use crate::connectors::pubsub::{create_subscription, create_topic, publish};
 use crate::enrich::FeatureLookup;
 use crate::infer::InferencePool;
 use crate::run::{run_pipeline, RunOptions};
@@ -267,7 +268,7 @@ pub async fn run_connector_bench(
     };
     let lookup = BigtableLookup::connect(
         &table,
-        &options.features,
+        options.features.clone(),
         vec![0.0; options.features.len()].into(),
     )
     .await?;
@@ -283,8 +284,9 @@ pub async fn run_connector_bench(
                 format!("bench-{run}-{lanes}"),
                 format!("bench-sub-{run}-{lanes}"),
             );
-            create_pubsub(endpoint, &topic, &subscription).await?;
-            publish(endpoint, &topic, payloads(events, 2)).await?;
+            create_topic(endpoint, "test-project", &topic).await?;
+            create_subscription(endpoint, "test-project", &subscription, &topic, 60).await?;
+            publish(endpoint, "test-project", &topic, payloads(events, 2)).await?;
             let source = format!(
                 "  pubsub:\n    project: test-project\n    subscription: {subscription}\n    lanes: {lanes}\n    endpoint: \"{endpoint}\"\n    stop_after_idle_ms: 5000"
             );
@@ -325,56 +327,4 @@ pub async fn run_connector_bench(
         bigtable_rows_per_sec_1000,
         pubsub,
     })
-}
-
-async fn create_pubsub(endpoint: &str, topic: &str, subscription: &str) -> anyhow::Result<()> {
-    use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-    let credentials = google_cloud_auth::credentials::anonymous::Builder::new().build();
-    let topics = TopicAdmin::builder()
-        .with_endpoint(endpoint)
-        .with_credentials(credentials.clone())
-        .build()
-        .await?;
-    topics
-        .create_topic()
-        .set_name(format!("projects/test-project/topics/{topic}"))
-        .send()
-        .await?;
-    let subscriptions = SubscriptionAdmin::builder()
-        .with_endpoint(endpoint)
-        .with_credentials(credentials)
-        .build()
-        .await?;
-    subscriptions
-        .create_subscription()
-        .set_name(format!(
-            "projects/test-project/subscriptions/{subscription}"
-        ))
-        .set_topic(format!("projects/test-project/topics/{topic}"))
-        .set_ack_deadline_seconds(60)
-        .send()
-        .await?;
-    Ok(())
-}
-
-async fn publish(
-    endpoint: &str,
-    topic: &str,
-    payloads: impl Iterator<Item = Vec<u8>>,
-) -> anyhow::Result<()> {
-    use google_cloud_pubsub::client::Publisher;
-    use google_cloud_pubsub::model::Message;
-    let publisher = Publisher::builder(format!("projects/test-project/topics/{topic}"))
-        .with_endpoint(endpoint)
-        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
-        .set_message_count_threshold(1000u32)
-        .build()
-        .await?;
-    let pending: Vec<_> = payloads
-        .map(|p| publisher.publish(Message::new().set_data(p)))
-        .collect();
-    for message in pending {
-        message.await?;
-    }
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The Mirador executor: partition pipelines with their connectors and stages.
 
+pub mod agent;
 pub mod bench;
 pub mod bench_connectors;
 pub mod checkpoint_store;

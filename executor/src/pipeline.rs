@@ -14,7 +14,9 @@ use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
 use crate::connectors::kafka::{partitions_of, KafkaRecord, KafkaSink, KafkaSource};
 use crate::connectors::pubsub::{PubsubSink, PubsubSource};
 use crate::decode::{DecodeStage, Decoder};
-use crate::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features};
+use crate::enrich::{
+    CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features, LookupPolicy,
+};
 use crate::event::{ModelId, ScoredRecord};
 use crate::infer::{InferStage, InferenceBatcher, InferencePool, EVENT_FEATURES};
 use crate::sinks::{
@@ -125,7 +127,7 @@ impl PipelineResources {
                 Arc::new(table)
             }
             (None, Some(bigtable)) => Arc::new(
-                BigtableLookup::connect(bigtable, &enrichment.features, default_features(&spec))
+                BigtableLookup::connect(bigtable, enrichment.qualifiers(), default_features(&spec))
                     .await?,
             ),
             (None, None) => {
@@ -157,17 +159,7 @@ impl PipelineResources {
             }),
             sink: scored_sinks(&spec.sink, &spec.source_name()).await?,
             dead_letter: dead_letter_sinks(&spec.dead_letter, &spec.source_name()).await?,
-            partitions: match (&spec.source, spec.partitions()) {
-                (_, Some(partitions)) => partitions,
-                (SourceSpec::Kafka(kafka), None) => {
-                    let kafka = kafka.clone();
-                    tokio::task::spawn_blocking(move || {
-                        partitions_of(&kafka, Duration::from_secs(10))
-                    })
-                    .await??
-                }
-                (_, None) => 1,
-            },
+            partitions: partition_count(&spec).await?,
             context: EncodeContext {
                 feature_names: enrichment.features.clone().into(),
             },
@@ -176,6 +168,20 @@ impl PipelineResources {
             spec: Arc::new(spec),
         })
     }
+}
+
+/// How many partitions a pipeline has: its generator partitions or Pub/Sub lanes, or its
+/// Kafka topic's partitions (asked of the brokers).
+pub async fn partition_count(spec: &PipelineSpec) -> anyhow::Result<u32> {
+    Ok(match (&spec.source, spec.partitions()) {
+        (_, Some(partitions)) => partitions,
+        (SourceSpec::Kafka(kafka), None) => {
+            let kafka = kafka.clone();
+            tokio::task::spawn_blocking(move || partitions_of(&kafka, Duration::from_secs(10)))
+                .await??
+        }
+        (_, None) => 1,
+    })
 }
 
 /// Builds the generations of one partition.
@@ -253,14 +259,11 @@ impl PartitionFactory {
         let resources = r.clone();
         let enrich = StageRunner::new(
             move || {
-                let e = &resources.spec.enrichment;
                 Ok(EnrichStage::new(
                     resources.lookup.clone(),
                     resources.cache.clone(),
-                    e.on_miss,
                     resources.defaults.clone(),
-                    Duration::from_millis(e.timeout_ms),
-                    e.retries,
+                    LookupPolicy::from_spec(&resources.spec.enrichment),
                 ))
             },
             decode_rx,

@@ -241,6 +241,22 @@ pub struct EnrichmentSpec {
     pub timeout_ms: u64,
     #[serde(default = "default_lookup_retries")]
     pub retries: u32,
+    /// What a batch does when its lookup still fails after the retries.
+    #[serde(default)]
+    pub on_lookup_failure: LookupFailurePolicy,
+    /// Bigtable only: the column qualifier of a feature, when it is not the feature's name.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+impl EnrichmentSpec {
+    /// The Bigtable column qualifier of each feature, in the order of `features`.
+    pub fn qualifiers(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .map(|f| self.columns.get(f).unwrap_or(f).clone())
+            .collect()
+    }
 }
 
 fn default_lookup_timeout() -> u64 {
@@ -290,6 +306,19 @@ pub enum MissPolicy {
     Default,
     /// Send the record to the dead letter as `features_not_found`.
     DeadLetter,
+}
+
+/// When a feature lookup fails for good (every retry spent).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupFailurePolicy {
+    /// Keep retrying with backoff: the pipeline slows down until the store answers, and
+    /// nothing is scored without its features.
+    #[default]
+    Wait,
+    /// Treat the batch's unresolved customers as misses: `on_miss` decides (default
+    /// features, or the dead letter as `lookup_failed`). Nothing is cached for them.
+    MissPolicy,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -603,6 +632,28 @@ impl PipelineSpec {
             1,
             7 * 86400,
         )?;
+        if !enrichment.columns.is_empty() && enrichment.bigtable.is_none() {
+            return Err(SpecError::new(
+                "enrichment.columns",
+                "only a `bigtable` lookup has columns",
+            ));
+        }
+        for (feature, qualifier) in &enrichment.columns {
+            if !enrichment.features.contains(feature) {
+                return Err(SpecError::value(
+                    format!("enrichment.columns.{feature}"),
+                    feature,
+                    "not one of enrichment.features",
+                ));
+            }
+            if qualifier.is_empty() || qualifier.len() > 16 * 1024 {
+                return Err(SpecError::value(
+                    format!("enrichment.columns.{feature}"),
+                    qualifier,
+                    "a column qualifier is 1 byte to 16 KiB",
+                ));
+            }
+        }
         in_range("enrichment.timeout_ms", enrichment.timeout_ms, 1, 60_000)?;
         in_range("enrichment.retries", enrichment.retries, 0, 100)?;
 
@@ -866,6 +917,26 @@ dead_letter:
             "  bigtable:\n    project: test-project\n    instance: i1\n    table: ''",
         ));
         assert_eq!(e.field, "sink.bigtable.table");
+    }
+
+    #[test]
+    fn bigtable_columns_map_features_and_are_checked() {
+        let bigtable = SPEC.replace(
+            "  table:\n    path: features.csv",
+            "  bigtable:\n    project: test-project\n    instance: i1\n    table: features",
+        );
+        let spec =
+            PipelineSpec::from_yaml(&bigtable.replace("[a, b]", "[a, b]\n  columns: {b: b_v2}"))
+                .unwrap();
+        assert_eq!(spec.enrichment.qualifiers(), ["a", "b_v2"]);
+        let e = error(&bigtable.replace("[a, b]", "[a, b]\n  columns: {c: x}"));
+        assert_eq!(e.field, "enrichment.columns.c");
+        let e = error(&bigtable.replace("[a, b]", "[a, b]\n  columns: {a: ''}"));
+        assert_eq!(e.field, "enrichment.columns.a");
+        let e = error(&SPEC.replace("[a, b]", "[a, b]\n  columns: {a: x}"));
+        assert_eq!(e.field, "enrichment.columns", "a table has no columns");
+        let e = error(&SPEC.replace("[a, b]", "[a, b]\n  on_lookup_failure: drop"));
+        assert_eq!(e.field, "enrichment.on_lookup_failure");
     }
 
     #[test]

@@ -65,7 +65,7 @@ async fn dump(spec: &BigtableSpec) -> BTreeMap<Vec<u8>, BTreeMap<(Vec<u8>, i64),
 async fn the_lookup_reads_the_loaded_feature_table() {
     let emulator = BigtableEmulator::start();
     let spec = features_table(&emulator).await;
-    let lookup = BigtableLookup::connect(&spec, &common::feature_names(), vec![-1.0; 7].into())
+    let lookup = BigtableLookup::connect(&spec, common::feature_names(), vec![-1.0; 7].into())
         .await
         .unwrap();
     let found = lookup
@@ -79,23 +79,29 @@ async fn the_lookup_reads_the_loaded_feature_table() {
     );
     assert_eq!(found[1], None);
     assert!(found[2].is_some());
-    // A feature the row lacks takes its default.
+    // Features read the columns they are mapped to (two may read one); a feature whose
+    // column the row lacks takes its default.
     let lookup = BigtableLookup::connect(
         &spec,
-        &["recency_days".into(), "lifetime_value".into()],
-        vec![0.0, -1.0].into(),
+        vec![
+            "churn_risk".into(),
+            "lifetime_value".into(),
+            "recency_days".into(),
+            "recency_days".into(),
+        ],
+        vec![0.0, -1.0, 0.0, 0.0].into(),
     )
     .await
     .unwrap();
     let found = lookup.lookup(&["c000001"]).await.unwrap();
-    assert_eq!(found[0].as_deref(), Some(&[163.0, -1.0][..]));
+    assert_eq!(found[0].as_deref(), Some(&[0.34, -1.0, 163.0, 163.0][..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_against_a_stopped_emulator_fails_as_unavailable() {
     let mut emulator = BigtableEmulator::start();
     let spec = features_table(&emulator).await;
-    let lookup = BigtableLookup::connect(&spec, &common::feature_names(), vec![0.0; 7].into())
+    let lookup = BigtableLookup::connect(&spec, common::feature_names(), vec![0.0; 7].into())
         .await
         .unwrap();
     emulator.stop();
@@ -299,4 +305,69 @@ async fn bigtable_down_for_10_s_slows_the_pipeline_and_loses_nothing() {
     );
     assert!(seen.values().all(|n| *n == 1), "and only once");
     assert_eq!(report.stage_restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_fails_for_good_applies_the_miss_policy_when_asked_to() {
+    let mut emulator = BigtableEmulator::start();
+    let features = features_table(&emulator).await;
+    emulator.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("  file:\n    path: {}/scored.jsonl", dir.path().display());
+    let source = "  generator:\n    events: 600\n    poison_ratio: 0.05\n    seed: 3";
+    let yaml = spec_yaml("gone", dir.path(), &features, &sink, source).replace(
+        "  retries: 1\n",
+        "  retries: 1\n  on_lookup_failure: miss_policy\n  on_miss: dead_letter\n",
+    );
+    let spec = PipelineSpec::from_yaml(&yaml).unwrap();
+    let pool = InferencePool::default();
+    let resources = Arc::new(PipelineResources::build(spec, &pool).await.unwrap());
+    let options = RunOptions::default();
+    let report = tokio::time::timeout(Duration::from_secs(60), async {
+        PipelineRun::start(resources, &options)
+            .await
+            .unwrap()
+            .wait(&options)
+            .await
+    })
+    .await
+    .expect("the pipeline does not wait for a store it was told not to wait for");
+    assert!(report.succeeded(), "{:?}", report.failures);
+
+    let scored = std::fs::read_to_string(dir.path().join("scored.jsonl")).unwrap_or_default();
+    assert_eq!(
+        scored.lines().count(),
+        0,
+        "nothing is scored without features"
+    );
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for line in std::fs::read_to_string(dir.path().join("dead.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let line: Value = serde_json::from_str(line).unwrap();
+        if line["reason"] == "lookup_failed" {
+            assert_eq!(line["stage"], "enrich");
+            assert!(
+                line["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("after 2 attempts"),
+                "{line}"
+            );
+        }
+        *reasons
+            .entry(line["reason"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        reasons.values().sum::<usize>(),
+        600,
+        "every record is dead-lettered"
+    );
+    let failed = reasons["lookup_failed"];
+    assert!(
+        (500..600).contains(&failed),
+        "the valid records as lookup_failed, the poison with its own reasons: {reasons:?}"
+    );
 }

@@ -193,3 +193,115 @@ async fn a_kafka_pipeline_scores_every_record_and_dead_letters_the_poison() {
         assert_eq!(checkpoint["offset"].as_u64(), Some(1000));
     }
 }
+
+/// The saved offsets of a pipeline's partitions (0 where none is saved yet).
+fn checkpoints(dir: &std::path::Path, name: &str, partitions: u32) -> Vec<u64> {
+    (0..partitions)
+        .map(|p| {
+            std::fs::read(dir.join(format!("{name}.p{p}.json")))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["offset"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
+    const EVENTS: u64 = 60_000;
+    let mut broker = KafkaBroker::start_on_disk();
+    broker.create_topic("events", 2);
+    broker.create_topic("scored", 1);
+    broker.create_topic("dead", 1);
+    let brokers = broker.brokers();
+    let events = mirador_executor::sources::generator::EventFactory::new(
+        &GeneratorSpec {
+            events: None,
+            partitions: 1,
+            customers: 12_000,
+            zipf_exponent: 1.1,
+            poison_ratio: 0.01,
+            seed: 9,
+            rate_per_sec: None,
+        },
+        0,
+        PayloadFormat::Json,
+        65536,
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    let poison_ids: std::collections::BTreeSet<String> = (0..EVENTS)
+        .filter(|seq| events.poison(*seq).is_some())
+        .map(|seq| events.event_id(seq))
+        .collect();
+    let payloads = (0..EVENTS).map(|seq| {
+        let mut payload = Vec::new();
+        events.payload(seq, now, &mut payload);
+        payload
+    });
+    let produced = mirador_executor::connectors::kafka::produce(&brokers, "events", payloads)
+        .await
+        .unwrap();
+    assert_eq!(produced, EVENTS);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("cp");
+    let source =
+        format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: events\n    stop_at_end: true");
+    let sink = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: scored");
+    let dead = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: dead");
+    let spec =
+        PipelineSpec::from_yaml(&common::spec_yaml("restart", &source, &sink, &dead, &cp)).unwrap();
+    let pool = InferencePool::default();
+    let resources = Arc::new(PipelineResources::build(spec, &pool).await.unwrap());
+    let options = RunOptions::default();
+    let run = mirador_executor::PipelineRun::start(resources, &options)
+        .await
+        .unwrap();
+
+    // Kill the broker as soon as the pipeline has made progress, keep it down for 3 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while checkpoints(&cp, "restart", 2).iter().sum::<u64>() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.restart_after(Duration::from_secs(3));
+        broker
+    });
+    let at_kill: u64 = checkpoints(&cp, "restart", 2).iter().sum();
+    let broker = broker.await.unwrap();
+    let report = run.wait(&options).await;
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert!(
+        at_kill < EVENTS,
+        "the broker went down mid-run ({at_kill} done)"
+    );
+    assert_eq!(checkpoints(&cp, "restart", 2).iter().sum::<u64>(), EVENTS);
+
+    // Every event is in the sink or the dead letter; the poison in the dead letter.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (value, _) in read_topic(&broker.brokers(), "scored", 1) {
+        let line: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        *seen
+            .entry(line["event"]["event_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let mut dead_ids = std::collections::BTreeSet::new();
+    for (value, headers) in read_topic(&broker.brokers(), "dead", 1) {
+        assert!(!headers["reason"].is_empty(), "{headers:?}");
+        let text = String::from_utf8_lossy(&value);
+        let start = text.find("\"event_id\":\"").expect("an event id") + 12;
+        let id = text[start..start + text[start..].find('"').unwrap()].to_string();
+        *seen.entry(id.clone()).or_default() += 1;
+        dead_ids.insert(id);
+    }
+    assert_eq!(
+        seen.len() as u64,
+        EVENTS,
+        "every event reached the sink or the dead letter across the restart"
+    );
+    assert_eq!(dead_ids, poison_ids, "the dead letter holds the poison");
+    let twice = seen.values().filter(|n| **n > 1).count();
+    println!("broker down 3 s after {at_kill} events; written twice: {twice}");
+}

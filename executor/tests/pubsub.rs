@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::services::PubsubEmulator;
 use google_cloud_auth::credentials::anonymous;
-use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::client::{Publisher, Subscriber};
 use google_cloud_pubsub::model::Message;
+use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
 use mirador_executor::infer::InferencePool;
 use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
@@ -18,31 +19,9 @@ use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions
 const PROJECT: &str = "test-project";
 
 async fn create(emulator: &PubsubEmulator, topic: &str, subscription: &str) {
-    let credentials = anonymous::Builder::new().build();
-    let topics = TopicAdmin::builder()
-        .with_endpoint(emulator.endpoint())
-        .with_credentials(credentials.clone())
-        .build()
-        .await
-        .unwrap();
-    topics
-        .create_topic()
-        .set_name(format!("projects/{PROJECT}/topics/{topic}"))
-        .send()
-        .await
-        .unwrap();
-    let subscriptions = SubscriptionAdmin::builder()
-        .with_endpoint(emulator.endpoint())
-        .with_credentials(credentials)
-        .build()
-        .await
-        .unwrap();
-    subscriptions
-        .create_subscription()
-        .set_name(format!("projects/{PROJECT}/subscriptions/{subscription}"))
-        .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
-        .set_ack_deadline_seconds(60)
-        .send()
+    let endpoint = emulator.endpoint();
+    create_topic(&endpoint, PROJECT, topic).await.unwrap();
+    create_subscription(&endpoint, PROJECT, subscription, topic, 60)
         .await
         .unwrap();
 }

@@ -12,7 +12,9 @@ use mirador_actors::{
     Source, Stage, StageError, StageRunner, StageSlot, StageStats,
 };
 use mirador_executor::decode::{DecodeStage, Decoder};
-use mirador_executor::enrich::{CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup};
+use mirador_executor::enrich::{
+    CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, LookupPolicy,
+};
 use mirador_executor::event::{
     DecodedRecord, EnrichedRecord, Event, EventType, FeatureSource, ModelId, RawRecord,
     ScoredRecord,
@@ -22,7 +24,9 @@ use mirador_executor::sinks::{
     EncodeContext, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, SinkStage,
 };
 use mirador_executor::sources::{FileSource, GeneratorSource};
-use mirador_executor::spec::{DecodeSpec, DeviceSpec, GeneratorSpec, MissPolicy, PayloadFormat};
+use mirador_executor::spec::{
+    DecodeSpec, DeviceSpec, GeneratorSpec, LookupFailurePolicy, MissPolicy, PayloadFormat,
+};
 
 fn origin(tracker: &CheckpointTracker, offset: u64, payload: &[u8]) -> Origin {
     Origin {
@@ -167,10 +171,13 @@ fn enrich_stage(
     EnrichStage::new(
         lookup,
         cache,
-        policy,
         vec![-1.0; 7].into(),
-        Duration::from_millis(500),
-        2,
+        LookupPolicy {
+            timeout: Duration::from_millis(500),
+            retries: 2,
+            on_miss: policy,
+            on_failure: LookupFailurePolicy::Wait,
+        },
     )
 }
 

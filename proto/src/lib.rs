@@ -1,5 +1,23 @@
-//! Generated protobuf types shared by every Mirador crate.
+//! Generated protobuf types shared by every Mirador crate, and the client channel that
+//! follows a region's Raft leader.
+
+pub mod leader;
 
 pub mod records {
     tonic::include_proto!("mirador.records.v1");
+}
+
+pub mod coordinator {
+    tonic::include_proto!("mirador.coordinator.v1");
+}
+
+pub mod admin {
+    tonic::include_proto!("mirador.admin.v1");
+}
+
+/// Every Mirador service and message, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mirador_descriptor");
+
+pub mod raft {
+    tonic::include_proto!("mirador.raft.v1");
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 pub use cache::FeatureCache;
-pub use stage::EnrichStage;
+pub use stage::{EnrichStage, LookupPolicy};
 pub use table::CsvFeatureTable;
 
 /// Customer features, in the order of the pipeline's `enrichment.features`.

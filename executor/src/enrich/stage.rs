@@ -10,57 +10,72 @@ use rand::Rng;
 
 use super::{FeatureCache, FeatureLookup, Features};
 use crate::event::{DecodedRecord, EnrichedRecord, FeatureSource};
-use crate::spec::MissPolicy;
+use crate::spec::{EnrichmentSpec, LookupFailurePolicy, MissPolicy};
 
 const STAGE: &str = "enrich";
+
+/// How the stage looks features up and what it does when it finds none.
+#[derive(Clone, Copy, Debug)]
+pub struct LookupPolicy {
+    pub timeout: Duration,
+    pub retries: u32,
+    pub on_miss: MissPolicy,
+    pub on_failure: LookupFailurePolicy,
+}
+
+impl LookupPolicy {
+    pub fn from_spec(spec: &EnrichmentSpec) -> Self {
+        LookupPolicy {
+            timeout: Duration::from_millis(spec.timeout_ms),
+            retries: spec.retries,
+            on_miss: spec.on_miss,
+            on_failure: spec.on_lookup_failure,
+        }
+    }
+}
 
 pub struct EnrichStage {
     lookup: Arc<dyn FeatureLookup>,
     cache: FeatureCache,
-    on_miss: MissPolicy,
     defaults: Features,
-    timeout: Duration,
-    retries: u32,
+    policy: LookupPolicy,
+}
+
+/// Why the customers of a batch have no features: unknown, or the lookup failed.
+enum Unresolved {
+    Unknown,
+    Failed(String),
 }
 
 impl EnrichStage {
     pub fn new(
         lookup: Arc<dyn FeatureLookup>,
         cache: FeatureCache,
-        on_miss: MissPolicy,
         defaults: Features,
-        timeout: Duration,
-        retries: u32,
+        policy: LookupPolicy,
     ) -> Self {
         EnrichStage {
             lookup,
             cache,
-            on_miss,
             defaults,
-            timeout,
-            retries,
+            policy,
         }
     }
 
-    /// Looks `keys` up, retrying with backoff and jitter. An `Err` after the last retry
-    /// fails the stage: the batch is tried again after a restart, never dropped.
-    async fn lookup_with_retries(
-        &self,
-        keys: &[&str],
-    ) -> Result<Vec<Option<Features>>, StageError> {
+    /// Looks `keys` up, retrying with backoff and jitter. After the last retry, the error:
+    /// the stage either waits for the store (`Unavailable`) or applies the miss policy.
+    async fn lookup_with_retries(&self, keys: &[&str]) -> Result<Vec<Option<Features>>, String> {
+        let timeout = self.policy.timeout;
         let mut attempt = 0;
         loop {
-            let error = match tokio::time::timeout(self.timeout, self.lookup.lookup(keys)).await {
+            let error = match tokio::time::timeout(timeout, self.lookup.lookup(keys)).await {
                 Ok(Ok(values)) if values.len() == keys.len() => return Ok(values),
                 Ok(Ok(values)) => format!("{} values for {} keys", values.len(), keys.len()),
                 Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {:?}", self.timeout),
+                Err(_) => format!("no answer within {timeout:?}"),
             };
-            if attempt >= self.retries {
-                return Err(StageError::Unavailable {
-                    service: "feature lookup",
-                    message: format!("{error} after {} attempts", attempt + 1),
-                });
+            if attempt >= self.policy.retries {
+                return Err(format!("{error} after {} attempts", attempt + 1));
             }
             let backoff = Duration::from_millis(20 << attempt.min(8));
             let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
@@ -102,28 +117,57 @@ impl Stage for EnrichStage {
             hits += u64::from(entry.is_some());
         }
         self.cache.count(hits, batch.len() as u64 - hits);
+        // Set when the lookup failed for good and the policy says not to wait: the missing
+        // customers stay unresolved (and uncached).
+        let mut failure = None;
         if !missing.is_empty() {
-            let values = self.lookup_with_retries(&missing).await?;
-            for (key, value) in missing.into_iter().zip(values) {
-                self.cache.insert(key, value.clone());
-                resolved.insert(key, Some(value));
+            match self.lookup_with_retries(&missing).await {
+                Ok(values) => {
+                    for (key, value) in missing.into_iter().zip(values) {
+                        self.cache.insert(key, value.clone());
+                        resolved.insert(key, Some(value));
+                    }
+                }
+                Err(message) if self.policy.on_failure == LookupFailurePolicy::MissPolicy => {
+                    tracing::warn!(stage = STAGE, %message, customers = missing.len(),
+                        "feature lookup failed for good, applying the miss policy");
+                    failure = Some(message);
+                }
+                Err(message) => {
+                    return Err(StageError::Unavailable {
+                        service: "feature lookup",
+                        message,
+                    })
+                }
             }
         }
         for record in batch {
-            let features = resolved
-                .get(record.event.customer_id.as_str())
-                .cloned()
-                .flatten()
-                .flatten();
-            let (features, feature_source) = match (features, self.on_miss) {
-                (Some(features), _) => (features, FeatureSource::Lookup),
-                (None, MissPolicy::Default) => (self.defaults.clone(), FeatureSource::Default),
-                (None, MissPolicy::DeadLetter) => {
+            let features = match resolved.get(record.event.customer_id.as_str()) {
+                Some(Some(Some(features))) => Ok(features.clone()),
+                Some(Some(None)) => Err(Unresolved::Unknown),
+                _ => Err(Unresolved::Failed(failure.clone().unwrap_or_default())),
+            };
+            let (features, feature_source) = match (features, self.policy.on_miss) {
+                (Ok(features), _) => (features, FeatureSource::Lookup),
+                (Err(_), MissPolicy::Default) => (self.defaults.clone(), FeatureSource::Default),
+                (Err(Unresolved::Unknown), MissPolicy::DeadLetter) => {
                     out.reject(
                         STAGE,
                         &record.origin,
                         ReasonCode::FeaturesNotFound,
                         format!("no features for customer {:?}", record.event.customer_id),
+                    );
+                    continue;
+                }
+                (Err(Unresolved::Failed(message)), MissPolicy::DeadLetter) => {
+                    out.reject(
+                        STAGE,
+                        &record.origin,
+                        ReasonCode::LookupFailed,
+                        format!(
+                            "features of customer {:?}: {message}",
+                            record.event.customer_id
+                        ),
                     );
                     continue;
                 }

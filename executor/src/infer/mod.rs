@@ -5,5 +5,5 @@ pub mod model;
 pub mod stage;
 
 pub use batcher::{BatcherClient, BatcherStats, InferenceBatcher, InferencePool};
-pub use model::{ModelError, Scorer, Scores, TorchModel};
+pub use model::{gpu_available, ModelError, Scorer, Scores, TorchModel};
 pub use stage::{InferStage, EVENT_FEATURES};

@@ -24,6 +24,11 @@ pub trait Scorer: Send + 'static {
     fn score(&mut self, rows: &[f32], n: usize) -> Result<Scores, ModelError>;
 }
 
+/// Whether this node has a CUDA device that libtorch can use.
+pub fn gpu_available() -> bool {
+    tch::Cuda::is_available()
+}
+
 pub struct TorchModel {
     module: CModule,
     device: Device,

@@ -1,7 +1,8 @@
 //! Shared by the executor's integration tests.
 #![allow(dead_code)]
 
-pub mod services;
+#[allow(unused_imports)]
+pub use mirador_cluster_tests::services;
 
 use std::path::PathBuf;
 

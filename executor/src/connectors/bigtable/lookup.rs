@@ -11,20 +11,22 @@ use super::BigtableSpec;
 use crate::enrich::{FeatureLookup, Features, LookupError};
 
 /// Reads a row per customer (row key: the customer id) and a cell per feature (qualifier:
-/// the feature name, value: the number as decimal text, as `cbt set` writes it). A
-/// feature the row lacks, or whose value is not a number, takes its default.
+/// the feature's column, by default its name; value: the number as decimal text, as
+/// `cbt set` writes it). A feature the row lacks, or whose value is not a number, takes
+/// its default.
 pub struct BigtableLookup {
     client: BigTable,
     table_name: String,
     family_filter: String,
-    features: Vec<String>,
+    /// The column qualifier of each feature, in feature order.
+    qualifiers: Vec<Vec<u8>>,
     defaults: Features,
 }
 
 impl BigtableLookup {
     pub async fn connect(
         spec: &BigtableSpec,
-        features: &[String],
+        qualifiers: Vec<String>,
         defaults: Features,
     ) -> anyhow::Result<Self> {
         let client = spec.connect(true).await?;
@@ -32,7 +34,7 @@ impl BigtableLookup {
             table_name: client.get_full_table_name(&spec.table),
             client,
             family_filter: spec.family.replace('.', "\\."),
-            features: features.to_vec(),
+            qualifiers: qualifiers.into_iter().map(String::into_bytes).collect(),
             defaults,
         })
     }
@@ -73,16 +75,16 @@ impl FeatureLookup for BigtableLookup {
             for (key, cells) in rows {
                 let mut values = self.defaults.to_vec();
                 for cell in cells {
-                    let index = self
-                        .features
-                        .iter()
-                        .position(|f| f.as_bytes() == cell.qualifier.as_slice());
                     let value = std::str::from_utf8(&cell.value)
                         .ok()
                         .and_then(|text| text.trim().parse::<f32>().ok())
                         .filter(|v| v.is_finite());
-                    if let (Some(index), Some(value)) = (index, value) {
-                        values[index] = value;
+                    let Some(value) = value else { continue };
+                    // Two features may read one column.
+                    for (index, qualifier) in self.qualifiers.iter().enumerate() {
+                        if *qualifier == cell.qualifier {
+                            values[index] = value;
+                        }
                     }
                 }
                 found.insert(key, values.into());

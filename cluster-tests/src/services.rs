@@ -87,51 +87,94 @@ impl Drop for BigtableEmulator {
     }
 }
 
-/// A Kafka-protocol broker (tansu, in memory), killed when dropped.
+/// Where `make tansu` installs the Kafka broker; `MIRADOR_TANSU` overrides it.
+pub fn tansu() -> PathBuf {
+    let path = std::env::var_os("MIRADOR_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/mirador/tansu/bin/tansu")
+        });
+    assert!(
+        path.is_file(),
+        "the Kafka broker is missing: no {} (`make tansu` builds it; or set MIRADOR_TANSU)",
+        path.display()
+    );
+    path
+}
+
+/// A Kafka-protocol broker (tansu), killed when dropped. In memory by default; on disk
+/// (SQLite in a directory of its own) when it must survive a restart.
 pub struct KafkaBroker {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
     binary: PathBuf,
+    /// The directory of the on-disk store, if any.
+    disk: Option<tempfile::TempDir>,
 }
 
 impl KafkaBroker {
-    fn binary() -> PathBuf {
-        let path = std::env::var_os("MIRADOR_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/mirador/tansu/bin/tansu")
-            });
-        assert!(
-            path.is_file(),
-            "the Kafka broker is missing: no {} (`make tansu` builds it; or set MIRADOR_TANSU)",
-            path.display()
-        );
-        path
+    /// A broker that keeps its topics in memory: fastest, gone when it stops.
+    pub fn start() -> Self {
+        Self::launch(None)
     }
 
-    pub fn start() -> Self {
-        let binary = Self::binary();
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+    /// A broker that keeps its topics on disk, so that `restart` finds them again.
+    pub fn start_on_disk() -> Self {
+        Self::launch(Some(
+            tempfile::tempdir().expect("a directory for the broker"),
+        ))
+    }
+
+    fn launch(disk: Option<tempfile::TempDir>) -> Self {
+        let mut broker = KafkaBroker {
+            port: free_port(),
+            child: None,
+            binary: tansu(),
+            disk,
+        };
+        broker.run();
+        broker
+    }
+
+    fn run(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut command = Command::new(&self.binary);
+        command.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        match &self.disk {
+            // A relative path: tansu opens it under its working directory.
+            Some(dir) => command
+                .current_dir(dir.path())
+                .args(["--storage-engine", "sqlite://tansu.db"]),
+            None => command.args(["--storage-engine", "memory://tansu/"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts");
-        wait_for_port(port, "the Kafka broker");
-        KafkaBroker {
-            port,
-            child,
-            binary,
+        self.child = Some(child);
+        wait_for_port(self.port, "the Kafka broker");
+    }
+
+    /// `kill -9`, then starts it again on the same port: a broker on disk comes back with
+    /// its topics, one in memory empty.
+    pub fn restart_after(&mut self, down: Duration) {
+        self.kill();
+        std::thread::sleep(down);
+        self.run();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -158,8 +201,7 @@ impl KafkaBroker {
 
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -1,0 +1,223 @@
+//! A region on loopback, as separate processes: coordinators and executors of the
+//! `mirador` binary, each with its own log file, killed by pid when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::services::free_port;
+
+/// One `mirador` process that can be killed and started again with the same arguments.
+pub struct Node {
+    pub name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(binary: &Path, name: &str, args: Vec<String>, dir: &Path) -> Self {
+        let mut node = Node {
+            name: name.to_string(),
+            binary: binary.to_path_buf(),
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts it (again), appending to its log.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("a log file");
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .env("MIRADOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator node of the region.
+pub struct CoordinatorNode {
+    pub id: u64,
+    pub address: String,
+    pub node: Node,
+}
+
+/// Coordinators and executors on loopback, in a scratch directory.
+pub struct Region {
+    binary: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub coordinators: Vec<CoordinatorNode>,
+    pub executors: Vec<Node>,
+}
+
+impl Region {
+    /// `coordinators` Raft voters; no executor yet.
+    pub fn start(binary: &Path, coordinators: u64) -> Self {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let addresses: Vec<(u64, String)> = (1..=coordinators)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let members = addresses
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let coordinators = addresses
+            .into_iter()
+            .map(|(id, address)| {
+                let args = vec![
+                    "coordinator".to_string(),
+                    "--id".into(),
+                    id.to_string(),
+                    "--listen".into(),
+                    address.clone(),
+                    "--data-dir".into(),
+                    dir.path().join(format!("c{id}")).display().to_string(),
+                    "--members".into(),
+                    members.clone(),
+                ];
+                let node = Node::start(binary, &format!("coordinator-{id}"), args, dir.path());
+                CoordinatorNode { id, address, node }
+            })
+            .collect();
+        Region {
+            binary: binary.to_path_buf(),
+            dir,
+            coordinators,
+            executors: Vec::new(),
+        }
+    }
+
+    /// The coordinators' addresses, comma-separated.
+    pub fn coordinator_list(&self) -> String {
+        self.coordinators
+            .iter()
+            .map(|c| c.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn add_executor(&mut self, id: &str, slots: u32) {
+        let args = vec![
+            "executor".to_string(),
+            "--id".into(),
+            id.into(),
+            "--coordinators".into(),
+            self.coordinator_list(),
+            "--slots".into(),
+            slots.to_string(),
+        ];
+        let node = Node::start(&self.binary, id, args, self.dir.path());
+        self.executors.push(node);
+    }
+
+    pub fn executor(&mut self, id: &str) -> &mut Node {
+        self.executors
+            .iter_mut()
+            .find(|e| e.name == id)
+            .unwrap_or_else(|| panic!("no executor {id}"))
+    }
+
+    /// `mirador admin --json ...` against the region: its JSON answer, or the error text.
+    pub fn admin(&self, args: &[&str]) -> Result<Value, String> {
+        let output = Command::new(&self.binary)
+            .args([
+                "admin",
+                "--json",
+                "--coordinators",
+                &self.coordinator_list(),
+            ])
+            .args(args)
+            .output()
+            .expect("mirador admin runs");
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            format!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// The leader's node id, once one is known to the coordinators that answer.
+    pub fn leader(&self) -> Option<u64> {
+        let status = self.admin(&["status"]).ok()?;
+        let leader = status["leader_id"].as_u64()?;
+        // Only a leader that is alive counts.
+        self.coordinators
+            .iter()
+            .any(|c| c.id == leader && c.node.is_running())
+            .then_some(leader)
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .coordinators
+                    .iter()
+                    .map(|c| format!("--- {}\n{}", c.node.name, c.node.log_tail()))
+                    .chain(
+                        self.executors
+                            .iter()
+                            .map(|e| format!("--- {}\n{}", e.name, e.log_tail())),
+                    )
+                    .collect();
+                panic!("{what}: not within {limit:?}\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The executor agent: registers with the region's coordinators, heartbeats with the
+//! progress of its partitions, follows the stream of its assignments, and starts and stops
+//! partition pipelines to match it.
+//!
+//! Safety rests on two rules. A partition is run only under an assignment's epoch, and its
+//! checkpoints are committed with that epoch (the coordinators refuse a stale one). And the
+//! agent holds a lease: when no heartbeat has been answered for the lease's length, counted
+//! from when the last answered one was *sent*, it stops committing and stops every
+//! pipeline. The coordinators expire it later than that (counted from when they
+//! *received* it), so by then it is silent.
+
+mod partition;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirador_proto::coordinator::executor_service_client::ExecutorServiceClient;
+use mirador_proto::coordinator::{
+    AssignmentSet, HeartbeatRequest, PartitionAssignment, RegisterRequest, ReleaseRequest,
+    WatchRequest,
+};
+use mirador_proto::leader::LeaderChannel;
+use tokio::sync::Mutex as AsyncMutex;
+use tonic::Code;
+
+pub use partition::{AssignedPartition, PartitionId};
+
+use crate::infer::InferencePool;
+use crate::pipeline::PipelineResources;
+use crate::spec::PipelineSpec;
+
+/// How an executor presents itself to the coordinators.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub executor_id: String,
+    /// `host:port` where this executor can be reached, shown to operators.
+    pub address: String,
+    pub region: String,
+    /// Partitions it runs at most.
+    pub slots: u32,
+    pub gpu: bool,
+    /// `host:port` of the region's coordinators.
+    pub coordinators: Vec<String>,
+}
+
+/// Until when this executor may act on its assignments.
+#[derive(Default)]
+pub struct Lease {
+    valid_until: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    fn extend_to(&self, until: Instant) {
+        let mut valid_until = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        if valid_until.is_none_or(|v| v < until) {
+            *valid_until = Some(until);
+        }
+    }
+
+    fn revoke(&self) {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// One registration: its incarnation and its lease.
+pub struct Session {
+    pub executor_id: String,
+    pub incarnation: u64,
+    pub coordinators: Arc<LeaderChannel>,
+    pub lease: Lease,
+    lease_length: Duration,
+    heartbeat: Duration,
+}
+
+type Key = (String, u32);
+
+/// Partitions running here, by (pipeline, partition).
+type Running = Arc<AsyncMutex<BTreeMap<Key, AssignedPartition>>>;
+
+pub struct ExecutorAgent {
+    config: AgentConfig,
+    pool: InferencePool,
+    coordinators: Arc<LeaderChannel>,
+    running: Running,
+    /// Pipeline resources by (pipeline, version), shared by its partitions here.
+    resources: Mutex<HashMap<(String, u64), Arc<PipelineResources>>>,
+}
+
+impl ExecutorAgent {
+    pub fn new(config: AgentConfig, pool: InferencePool) -> Self {
+        let coordinators = Arc::new(LeaderChannel::new(
+            config.coordinators.clone(),
+            Duration::from_secs(3),
+        ));
+        ExecutorAgent {
+            config,
+            pool,
+            coordinators,
+            running: Arc::default(),
+            resources: Mutex::default(),
+        }
+    }
+
+    /// The partitions running now.
+    pub async fn running(&self) -> Vec<PartitionId> {
+        self.running
+            .lock()
+            .await
+            .values()
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// Runs until `shutdown` resolves: then every partition stops at a checkpoint and is
+    /// released, so that the coordinators can move it at once.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let session = tokio::select! {
+                session = self.register() => Arc::new(session),
+                () = &mut shutdown => return,
+            };
+            tracing::info!(executor = %self.config.executor_id, incarnation = session.incarnation,
+                coordinator = %self.coordinators.current(), "registered");
+            let lost = tokio::select! {
+                () = self.serve(session.clone()) => true,
+                () = &mut shutdown => false,
+            };
+            if lost {
+                tracing::warn!(executor = %self.config.executor_id,
+                    "lease lost: stopping every partition, committing nothing more");
+                self.abandon_all().await;
+                continue;
+            }
+            self.release_all(&session).await;
+            return;
+        }
+    }
+
+    /// Registers, retrying until a coordinator answers.
+    async fn register(&self) -> Session {
+        let request = RegisterRequest {
+            executor_id: self.config.executor_id.clone(),
+            address: self.config.address.clone(),
+            region: self.config.region.clone(),
+            slots: self.config.slots,
+            gpu: self.config.gpu,
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sent = Instant::now();
+            let result = self
+                .coordinators
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { ExecutorServiceClient::new(channel).register(request).await }
+                })
+                .await;
+            match result {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let session = Session {
+                        executor_id: self.config.executor_id.clone(),
+                        incarnation: response.incarnation,
+                        coordinators: self.coordinators.clone(),
+                        lease: Lease::default(),
+                        lease_length: Duration::from_millis(response.lease_ms),
+                        heartbeat: Duration::from_millis(response.heartbeat_ms.max(10)),
+                    };
+                    session.lease.extend_to(sent + session.lease_length);
+                    return session;
+                }
+                Err(status) => {
+                    tracing::warn!(executor = %self.config.executor_id, %status,
+                        "cannot register, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Heartbeats and follows assignments until the lease is lost.
+    async fn serve(&self, session: Arc<Session>) {
+        tokio::select! {
+            () = self.heartbeat_loop(&session) => {}
+            () = self.follow_assignments(&session) => {}
+        }
+    }
+
+    async fn heartbeat_loop(&self, session: &Session) {
+        let mut last: HashMap<Key, (Instant, u64)> = HashMap::new();
+        loop {
+            tokio::time::sleep(session.heartbeat).await;
+            let partitions = {
+                let running = self.running.lock().await;
+                running
+                    .iter()
+                    .map(|(key, p)| {
+                        let now = Instant::now();
+                        let records = p.progress(0.0).records_in;
+                        let (then, before) = last.get(key).copied().unwrap_or((now, records));
+                        let seconds = now.duration_since(then).as_secs_f64();
+                        let rate = if seconds > 0.0 {
+                            records.saturating_sub(before) as f64 / seconds
+                        } else {
+                            0.0
+                        };
+                        last.insert(key.clone(), (now, records));
+                        p.progress(rate)
+                    })
+                    .collect()
+            };
+            let request = HeartbeatRequest {
+                executor_id: session.executor_id.clone(),
+                incarnation: session.incarnation,
+                partitions,
+            };
+            let sent = Instant::now();
+            let result = session
+                .coordinators
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { ExecutorServiceClient::new(channel).heartbeat(request).await }
+                })
+                .await;
+            match result {
+                Ok(_) => session.lease.extend_to(sent + session.lease_length),
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    // The coordinators expired this incarnation.
+                    tracing::warn!(%status, "heartbeat refused");
+                    session.lease.revoke();
+                    return;
+                }
+                Err(status) => tracing::warn!(%status, "heartbeat not answered"),
+            }
+            if !session.lease.is_valid() {
+                return;
+            }
+        }
+    }
+
+    /// Opens the assignment stream (again after an error) and applies every set it sends.
+    async fn follow_assignments(&self, session: &Arc<Session>) {
+        let request = WatchRequest {
+            executor_id: session.executor_id.clone(),
+            incarnation: session.incarnation,
+        };
+        loop {
+            let stream = session
+                .coordinators
+                .call(|channel| {
+                    let request = request.clone();
+                    async move {
+                        ExecutorServiceClient::new(channel)
+                            .watch_assignments(request)
+                            .await
+                    }
+                })
+                .await;
+            let mut stream = match stream {
+                Ok(stream) => stream.into_inner(),
+                Err(status) => {
+                    if status.code() == Code::FailedPrecondition {
+                        session.lease.revoke();
+                        return;
+                    }
+                    tracing::warn!(%status, "cannot follow assignments, retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            loop {
+                // Wake up now and then to notice a lost lease while the stream is quiet.
+                match tokio::time::timeout(session.heartbeat, stream.message()).await {
+                    Ok(Ok(Some(set))) => {
+                        if !session.lease.is_valid() {
+                            return;
+                        }
+                        self.apply(session, set, Instant::now()).await;
+                    }
+                    Ok(Ok(None)) => break,
+                    Ok(Err(status)) => {
+                        tracing::warn!(%status, "assignment stream ended, reopening");
+                        break;
+                    }
+                    Err(_) => {
+                        if !session.lease.is_valid() {
+                            return;
+                        }
+                        self.reap_fenced().await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Makes what runs here match `set`.
+    async fn apply(&self, session: &Arc<Session>, set: AssignmentSet, received: Instant) {
+        let desired: BTreeMap<Key, PartitionAssignment> = set
+            .partitions
+            .into_iter()
+            .map(|a| ((a.pipeline.clone(), a.partition), a))
+            .collect();
+        let mut running = self.running.lock().await;
+
+        // Stop what must stop: gone, another epoch, fenced, to hand over, or a new version.
+        let keys: Vec<Key> = running.keys().cloned().collect();
+        for key in keys {
+            let current = &running[&key];
+            let wanted = desired.get(&key);
+            let keep = wanted.is_some_and(|a| {
+                a.run && a.epoch == current.id.epoch && a.version == current.version
+            }) && !current.is_fenced();
+            if keep {
+                continue;
+            }
+            let partition = running.remove(&key).expect("listed above");
+            match wanted {
+                Some(a) if a.epoch == partition.id.epoch && !partition.is_fenced() => {
+                    let epoch = a.epoch;
+                    let stopping = Instant::now();
+                    let committed = partition.stop(session).await;
+                    if !a.run && committed {
+                        self.release(session, &key, epoch, stopping.elapsed()).await;
+                    }
+                }
+                _ => partition.abandon().await,
+            }
+        }
+
+        // Start what must run.
+        for (key, a) in &desired {
+            if !a.run || running.contains_key(key) {
+                continue;
+            }
+            let resources = match self.resources_for(a).await {
+                Ok(resources) => resources,
+                Err(error) => {
+                    tracing::error!(pipeline = %a.pipeline, version = a.version, %error,
+                        "cannot build the pipeline");
+                    continue;
+                }
+            };
+            let id = PartitionId {
+                pipeline: a.pipeline.clone(),
+                partition: a.partition,
+                epoch: a.epoch,
+            };
+            match AssignedPartition::start(
+                id,
+                a.version,
+                a.checkpoint,
+                resources,
+                session.clone(),
+                received,
+            )
+            .await
+            {
+                Ok(partition) => {
+                    tracing::info!(pipeline = %a.pipeline, partition = a.partition,
+                        epoch = a.epoch, checkpoint = ?a.checkpoint,
+                        pause_ms = partition.start_pause.as_millis() as u64, "partition started");
+                    running.insert(key.clone(), partition);
+                }
+                Err(error) => tracing::error!(%error, "cannot start the partition"),
+            }
+        }
+        drop(running);
+        self.prune_resources().await;
+    }
+
+    async fn release(&self, session: &Session, key: &Key, epoch: u64, stopped_in: Duration) {
+        let request = ReleaseRequest {
+            executor_id: session.executor_id.clone(),
+            incarnation: session.incarnation,
+            pipeline: key.0.clone(),
+            partition: key.1,
+            epoch,
+            stop_ms: stopped_in.as_millis() as u64,
+        };
+        let result = session
+            .coordinators
+            .call(|channel| {
+                let request = request.clone();
+                async move { ExecutorServiceClient::new(channel).release(request).await }
+            })
+            .await;
+        match result {
+            Ok(_) => tracing::info!(pipeline = %key.0, partition = key.1, epoch, "released"),
+            Err(status) => {
+                tracing::warn!(pipeline = %key.0, partition = key.1, %status, "release refused")
+            }
+        }
+    }
+
+    /// Stops the partitions whose commits were refused.
+    async fn reap_fenced(&self) {
+        let mut running = self.running.lock().await;
+        let fenced: Vec<Key> = running
+            .iter()
+            .filter(|(_, p)| p.is_fenced())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in fenced {
+            if let Some(partition) = running.remove(&key) {
+                partition.abandon().await;
+            }
+        }
+    }
+
+    async fn abandon_all(&self) {
+        let mut running = self.running.lock().await;
+        while let Some((_, partition)) = running.pop_first() {
+            partition.abandon().await;
+        }
+    }
+
+    async fn release_all(&self, session: &Session) {
+        let mut running = self.running.lock().await;
+        while let Some((key, partition)) = running.pop_first() {
+            let epoch = partition.id.epoch;
+            let stopping = Instant::now();
+            if partition.stop(session).await {
+                self.release(session, &key, epoch, stopping.elapsed()).await;
+            }
+        }
+    }
+
+    async fn resources_for(
+        &self,
+        a: &PartitionAssignment,
+    ) -> anyhow::Result<Arc<PipelineResources>> {
+        let key = (a.pipeline.clone(), a.version);
+        if let Some(resources) = self
+            .resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(resources.clone());
+        }
+        let spec = PipelineSpec::from_yaml(&a.spec)?;
+        let resources = Arc::new(PipelineResources::build(spec, &self.pool).await?);
+        self.resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, resources.clone());
+        Ok(resources)
+    }
+
+    async fn prune_resources(&self) {
+        let used: Vec<(String, u64)> = self
+            .running
+            .lock()
+            .await
+            .values()
+            .map(|p| (p.id.pipeline.clone(), p.version))
+            .collect();
+        self.resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| used.contains(key));
+    }
+}
