@@ -1,5 +1,8 @@
-//! The `mirador` command: runs pipelines, the bundled demo and the benchmark.
+//! The `mirador` command: runs pipelines, the bundled demo, the benchmarks, and the
+//! nodes of a cluster (coordinator, executor) with its admin client.
 
+mod admin;
+mod cluster;
 mod demo;
 
 // Records are allocated on one thread and freed on another at high rates, which glibc's
@@ -16,6 +19,7 @@ use mirador_executor::bench::{run_bench, BenchOptions};
 use mirador_executor::bench_connectors::{run_connector_bench, ConnectorBenchOptions};
 use mirador_executor::connectors::bigtable::{create_table, load_features, BigtableSpec};
 use mirador_executor::connectors::kafka::produce;
+use mirador_executor::connectors::pubsub::publish;
 use mirador_executor::infer::InferencePool;
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
 
@@ -55,6 +59,22 @@ enum Command {
         #[arg(long)]
         services: bool,
     },
+    /// A coordinator node: a member of the region's Raft group, serving executors and
+    /// the admin API.
+    Coordinator(cluster::CoordinatorArgs),
+    /// An executor node: runs the partitions the coordinators assign to it.
+    Executor(cluster::ExecutorArgs),
+    /// Manage a region through its coordinators' admin API.
+    Admin {
+        /// host:port of the region's coordinators (any of them), comma-separated.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        coordinators: String,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
     /// Run a pipeline spec on this node until its bounded source is exhausted.
     Run {
         #[arg(long)]
@@ -82,6 +102,16 @@ enum Command {
         /// host:port of the Kafka brokers, with --kafka-topic.
         #[arg(long)]
         brokers: Option<String>,
+        /// Publish to this Pub/Sub topic instead of writing to stdout.
+        #[arg(long, conflicts_with = "kafka_topic")]
+        pubsub_topic: Option<String>,
+        /// http://host:port of the Pub/Sub emulator, with --pubsub-topic; default:
+        /// http:// + PUBSUB_EMULATOR_HOST.
+        #[arg(long)]
+        pubsub_endpoint: Option<String>,
+        /// The Google Cloud project of --pubsub-topic.
+        #[arg(long, default_value = "test-project")]
+        project: String,
     },
     /// Measure Kafka, Bigtable and Pub/Sub against running services (`make services`).
     BenchConnectors {
@@ -165,6 +195,27 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Coordinator(args) => {
+            cluster::run_coordinator(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Executor(args) => {
+            cluster::run_executor(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            coordinators,
+            json,
+            command,
+        } => {
+            let coordinators = coordinators
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            admin::run(coordinators, json, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dev {
             events,
             partitions,
@@ -236,12 +287,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             kafka_topic,
             brokers,
+            pubsub_topic,
+            pubsub_endpoint,
+            project,
         } => {
-            match (kafka_topic, brokers) {
-                (Some(topic), Some(brokers)) => {
-                    let payloads = demo::payloads(events, poison_ratio, customers, seed)?;
-                    let delivered = produce(&brokers, &topic, payloads).await?;
+            let payloads = || demo::payloads(events, poison_ratio, customers, seed);
+            match (kafka_topic, brokers, pubsub_topic) {
+                (Some(topic), Some(brokers), _) => {
+                    let delivered = produce(&brokers, &topic, payloads()?).await?;
                     println!("{delivered} events produced to {topic}");
+                }
+                (_, _, Some(topic)) => {
+                    let endpoint = pubsub_endpoint
+                        .or_else(|| {
+                            std::env::var("PUBSUB_EMULATOR_HOST")
+                                .ok()
+                                .map(|host| format!("http://{host}"))
+                        })
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--pubsub-endpoint: needed (or PUBSUB_EMULATOR_HOST)")
+                        })?;
+                    let published = publish(&endpoint, &project, &topic, payloads()?).await?;
+                    println!("{published} events published to {topic}");
                 }
                 _ => demo::generate(events, poison_ratio, customers, seed)?,
             }

@@ -4,88 +4,19 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{checkpoint, run, run_and_kill, write_spec, written, MIRADOR};
+use mirador_cluster_tests::services::KafkaBroker;
 
 const EVENTS: u64 = 40_000;
 
-struct Broker {
-    child: Child,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu() -> PathBuf {
-    let path = std::env::var_os("MIRADOR_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/mirador/tansu/bin/tansu")
-        });
-    assert!(
-        path.is_file(),
-        "the Kafka broker is missing: no {} (`make tansu` builds it)",
-        path.display()
-    );
-    path
-}
-
-fn start_broker() -> (Broker, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let broker = Broker { child };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let created = Command::new(tansu())
-        .args([
-            "topic",
-            "create",
-            "events",
-            "--partitions",
-            "2",
-            "--broker",
-            &url,
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
-    (broker, port)
-}
-
 #[test]
 fn kill_9_of_a_kafka_pipeline_then_restart_loses_nothing() {
-    let (_broker, port) = start_broker();
-    let brokers = format!("127.0.0.1:{port}");
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 2);
+    let brokers = broker.brokers();
     // tansu 0.6 answers a fetch from an offset inside a record batch with the batch after
     // it, which would skip the rest of that batch on every resume: one message per batch
     // keeps the test about Mirador. (Any Kafka broker returns the containing batch.)

@@ -1,1 +1,10 @@
 //! Coordinator: the Raft group that assigns partitions to executors.
+
+pub mod admin;
+pub mod control;
+pub mod executors;
+pub mod planner;
+pub mod raft;
+pub mod server;
+pub mod state;
+pub mod status;

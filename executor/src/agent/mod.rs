@@ -190,32 +190,35 @@ impl ExecutorAgent {
     }
 
     async fn heartbeat_loop(&self, session: &Session) {
-        let mut last: HashMap<Key, (Instant, u64)> = HashMap::new();
+        // Per partition: the start of the current rate window and the count then, and
+        // the rate of the last full window (a second at least, so bursts average out).
+        let mut windows: HashMap<Key, (Instant, u64, f64)> = HashMap::new();
+        let mut partitions = Vec::new();
         loop {
             tokio::time::sleep(session.heartbeat).await;
-            let partitions = {
-                let running = self.running.lock().await;
-                running
+            // While partitions start or stop, the last progress goes out again: the lease
+            // must not wait for a pipeline to drain.
+            if let Ok(running) = self.running.try_lock() {
+                windows.retain(|key, _| running.contains_key(key));
+                partitions = running
                     .iter()
                     .map(|(key, p)| {
                         let now = Instant::now();
                         let records = p.progress(0.0).records_in;
-                        let (then, before) = last.get(key).copied().unwrap_or((now, records));
-                        let seconds = now.duration_since(then).as_secs_f64();
-                        let rate = if seconds > 0.0 {
-                            records.saturating_sub(before) as f64 / seconds
-                        } else {
-                            0.0
-                        };
-                        last.insert(key.clone(), (now, records));
-                        p.progress(rate)
+                        let window = windows.entry(key.clone()).or_insert((now, records, 0.0));
+                        let seconds = now.duration_since(window.0).as_secs_f64();
+                        if seconds >= 1.0 {
+                            let rate = records.saturating_sub(window.1) as f64 / seconds;
+                            *window = (now, records, rate);
+                        }
+                        p.progress(window.2)
                     })
-                    .collect()
-            };
+                    .collect();
+            }
             let request = HeartbeatRequest {
                 executor_id: session.executor_id.clone(),
                 incarnation: session.incarnation,
-                partitions,
+                partitions: partitions.clone(),
             };
             let sent = Instant::now();
             let result = session

@@ -1,0 +1,417 @@
+//! The admin gRPC API: the Raft group, executors and pipelines of a region. A bad request
+//! is refused with INVALID_ARGUMENT naming the field, before anything is written.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use mirador_proto::admin::admin_server::Admin;
+use mirador_proto::admin::{
+    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, DeletePipelineResponse,
+    DrainNodeRequest, ListNodesRequest, ListNodesResponse, ListPipelinesRequest,
+    ListPipelinesResponse, Member, MemberRequest, NodeInfo, PartitionInfo, PipelineInfo,
+    PipelineRequest, PipelineSpecRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::control::Observations;
+use crate::raft::RaftNode;
+use crate::state::{ClusterState, Command, Outcome};
+use crate::status::{refused, write_error};
+
+/// A pipeline spec that passed validation: what the coordinators need of it.
+#[derive(Clone, Debug)]
+pub struct ValidPipeline {
+    pub name: String,
+    pub partitions: u32,
+    pub gpu: bool,
+}
+
+/// A spec refused, with the field at fault.
+#[derive(Clone, Debug)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Checks a pipeline spec. The coordinators do not know the spec's schema (it belongs to
+/// the executors, which link the connectors and libtorch); the binary passes one in.
+#[tonic::async_trait]
+pub trait PipelineValidator: Send + Sync + 'static {
+    async fn validate(&self, spec: &str) -> Result<ValidPipeline, FieldError>;
+}
+
+pub struct AdminEndpoint {
+    raft: Arc<RaftNode>,
+    observations: Observations,
+    validator: Arc<dyn PipelineValidator>,
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+fn valid_name(field: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+impl AdminEndpoint {
+    pub fn new(
+        raft: Arc<RaftNode>,
+        observations: Observations,
+        validator: Arc<dyn PipelineValidator>,
+    ) -> Self {
+        AdminEndpoint {
+            raft,
+            observations,
+            validator,
+        }
+    }
+
+    fn lead(&self) -> Result<(), Status> {
+        if self.raft.is_leader() {
+            Ok(())
+        } else {
+            Err(self.raft.not_leader())
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        match self.raft.write(command).await.map_err(write_error)? {
+            Outcome::Refused(refusal) => Err(refused(refusal)),
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn validated(&self, spec: &str) -> Result<ValidPipeline, Status> {
+        if spec.trim().is_empty() {
+            return Err(invalid("spec", "is empty"));
+        }
+        if spec.len() > 1 << 20 {
+            return Err(invalid("spec", "is over 1 MiB"));
+        }
+        self.validator
+            .validate(spec)
+            .await
+            .map_err(|e| invalid(&format!("spec.{}", e.field), e.message))
+    }
+
+    fn pipeline_info(&self, state: &ClusterState, name: &str) -> Result<PipelineInfo, Status> {
+        let p = state
+            .pipelines
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("name: no pipeline {name:?}")))?;
+        let assignments = (0..p.partitions)
+            .map(|partition| {
+                let key = (name.to_string(), partition);
+                let a = state.assignments.get(&key);
+                let progress = self
+                    .observations
+                    .progress(&key)
+                    .filter(|progress| a.is_some_and(|a| a.epoch == progress.epoch));
+                let progress = progress.unwrap_or_default();
+                PartitionInfo {
+                    partition,
+                    owner: a.and_then(|a| a.owner.clone()).unwrap_or_default(),
+                    epoch: a.map_or(0, |a| a.epoch),
+                    moving_to: a.and_then(|a| a.target.clone()).unwrap_or_default(),
+                    checkpoint: state.checkpoints.get(&key).map(|c| c.position),
+                    lag: progress.lag,
+                    events_per_sec: progress.events_per_sec,
+                    records_in: progress.records_in,
+                    dead_lettered: progress.dead_lettered,
+                    restarts: progress.stage_restarts + progress.generation_restarts,
+                    failed: progress.failed,
+                    last_move_pause_ms: self
+                        .observations
+                        .move_pause(&key)
+                        .and_then(|m| m.pause_ms)
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(PipelineInfo {
+            name: p.name.clone(),
+            version: p.version,
+            partitions: p.partitions,
+            gpu: p.gpu,
+            paused: p.paused,
+            assignments,
+            spec: p.spec.clone(),
+        })
+    }
+
+    fn status(&self) -> ClusterStatusResponse {
+        let s = self.raft.status();
+        ClusterStatusResponse {
+            leader_id: s.leader_id.unwrap_or_default(),
+            leader_address: s.leader_addr.unwrap_or_default(),
+            term: s.term,
+            last_applied: s.last_applied,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| Member {
+                    node_id: m.id,
+                    address: m.addr,
+                    role: m.role.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn set_paused(&self, name: String, paused: bool) -> Result<PipelineInfo, Status> {
+        self.lead()?;
+        valid_name("name", &name)?;
+        self.write(Command::SetPaused {
+            name: name.clone(),
+            paused,
+        })
+        .await?;
+        self.pipeline_info(&self.raft.state(), &name)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminEndpoint {
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        if r.node_id == 0 {
+            return Err(invalid("node_id", "must not be 0"));
+        }
+        if r.address.parse::<std::net::SocketAddr>().is_err() && !r.address.contains(':') {
+            return Err(invalid(
+                "address",
+                format!("{:?} is not host:port", r.address),
+            ));
+        }
+        self.raft
+            .add_learner(r.node_id, r.address)
+            .await
+            .map_err(write_error)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<MemberRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.lead()?;
+        let id = request.into_inner().node_id;
+        let status = self.raft.status();
+        if !status.members.iter().any(|m| m.id == id) {
+            return Err(invalid(
+                "node_id",
+                format!("{id} is not a member or learner"),
+            ));
+        }
+        let mut voters: BTreeSet<u64> = status
+            .members
+            .iter()
+            .filter(|m| m.role != "learner")
+            .map(|m| m.id)
+            .collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters)
+            .await
+            .map_err(write_error)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<MemberRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.lead()?;
+        let id = request.into_inner().node_id;
+        let status = self.raft.status();
+        let voters: BTreeSet<u64> = status
+            .members
+            .iter()
+            .filter(|m| m.role != "learner")
+            .map(|m| m.id)
+            .collect();
+        if !voters.contains(&id) {
+            return Err(invalid("node_id", format!("{id} is not a voter")));
+        }
+        if voters.len() == 1 {
+            return Err(invalid("node_id", "the last voter cannot be removed"));
+        }
+        let voters = voters.into_iter().filter(|v| *v != id).collect();
+        self.raft
+            .change_membership(voters)
+            .await
+            .map_err(write_error)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        self.lead()?;
+        let state = self.raft.state();
+        let nodes = state
+            .executors
+            .values()
+            .map(|e| NodeInfo {
+                executor_id: e.id.clone(),
+                address: e.address.clone(),
+                region: e.region.clone(),
+                slots: e.slots,
+                gpu: e.gpu,
+                draining: e.draining,
+                incarnation: e.incarnation,
+                partitions: state.owned_by(&e.id).count() as u32,
+                last_heartbeat_ms: self
+                    .observations
+                    .last_heartbeat(&e.id)
+                    .map_or(0, |t| t.elapsed().as_millis() as u64),
+            })
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<NodeInfo>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        valid_name("executor_id", &r.executor_id)?;
+        self.write(Command::SetDraining {
+            id: r.executor_id.clone(),
+            draining: !r.undo,
+        })
+        .await?;
+        let nodes = self
+            .list_nodes(Request::new(ListNodesRequest {}))
+            .await?
+            .into_inner()
+            .nodes;
+        nodes
+            .into_iter()
+            .find(|n| n.executor_id == r.executor_id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("executor_id: {:?} is gone", r.executor_id)))
+    }
+
+    async fn create_pipeline(
+        &self,
+        request: Request<PipelineSpecRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.lead()?;
+        let spec = request.into_inner().spec;
+        let valid = self.validated(&spec).await?;
+        if self.raft.state().pipelines.contains_key(&valid.name) {
+            return Err(Status::already_exists(format!(
+                "spec.name: pipeline {:?} exists; update it instead",
+                valid.name
+            )));
+        }
+        self.write(Command::PutPipeline {
+            name: valid.name.clone(),
+            spec,
+            partitions: valid.partitions,
+            gpu: valid.gpu,
+        })
+        .await?;
+        Ok(Response::new(
+            self.pipeline_info(&self.raft.state(), &valid.name)?,
+        ))
+    }
+
+    async fn update_pipeline(
+        &self,
+        request: Request<PipelineSpecRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.lead()?;
+        let spec = request.into_inner().spec;
+        let valid = self.validated(&spec).await?;
+        if !self.raft.state().pipelines.contains_key(&valid.name) {
+            return Err(Status::not_found(format!(
+                "spec.name: no pipeline {:?}; create it first",
+                valid.name
+            )));
+        }
+        self.write(Command::PutPipeline {
+            name: valid.name.clone(),
+            spec,
+            partitions: valid.partitions,
+            gpu: valid.gpu,
+        })
+        .await?;
+        Ok(Response::new(
+            self.pipeline_info(&self.raft.state(), &valid.name)?,
+        ))
+    }
+
+    async fn pause_pipeline(
+        &self,
+        request: Request<PipelineRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        Ok(Response::new(
+            self.set_paused(request.into_inner().name, true).await?,
+        ))
+    }
+
+    async fn resume_pipeline(
+        &self,
+        request: Request<PipelineRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        Ok(Response::new(
+            self.set_paused(request.into_inner().name, false).await?,
+        ))
+    }
+
+    async fn delete_pipeline(
+        &self,
+        request: Request<PipelineRequest>,
+    ) -> Result<Response<DeletePipelineResponse>, Status> {
+        self.lead()?;
+        let name = request.into_inner().name;
+        valid_name("name", &name)?;
+        self.write(Command::DeletePipeline { name }).await?;
+        Ok(Response::new(DeletePipelineResponse {}))
+    }
+
+    async fn describe_pipeline(
+        &self,
+        request: Request<PipelineRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.lead()?;
+        let name = request.into_inner().name;
+        valid_name("name", &name)?;
+        Ok(Response::new(
+            self.pipeline_info(&self.raft.state(), &name)?,
+        ))
+    }
+
+    async fn list_pipelines(
+        &self,
+        _request: Request<ListPipelinesRequest>,
+    ) -> Result<Response<ListPipelinesResponse>, Status> {
+        self.lead()?;
+        let state = self.raft.state();
+        let pipelines = state
+            .pipelines
+            .keys()
+            .map(|name| self.pipeline_info(&state, name))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(ListPipelinesResponse { pipelines }))
+    }
+}

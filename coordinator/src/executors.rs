@@ -1,0 +1,238 @@
+//! The gRPC service that executors call: register, heartbeat, follow assignments, commit
+//! checkpoints, release partitions. Only the leader answers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use mirador_proto::coordinator::executor_service_server::ExecutorService;
+use mirador_proto::coordinator::{
+    AssignmentSet, CommitRequest, CommitResponse, HeartbeatRequest, HeartbeatResponse,
+    PartitionAssignment, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
+    WatchRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::control::{ControlConfig, Observations};
+use crate::raft::RaftNode;
+use crate::state::{ClusterState, Command, Outcome};
+use crate::status::{refused, write_error};
+
+pub struct ExecutorEndpoint {
+    raft: Arc<RaftNode>,
+    observations: Observations,
+    config: ControlConfig,
+}
+
+impl ExecutorEndpoint {
+    pub fn new(raft: Arc<RaftNode>, observations: Observations, config: ControlConfig) -> Self {
+        ExecutorEndpoint {
+            raft,
+            observations,
+            config,
+        }
+    }
+
+    fn lead(&self) -> Result<(), Status> {
+        if self.raft.is_leader() {
+            Ok(())
+        } else {
+            Err(self.raft.not_leader())
+        }
+    }
+
+    /// Refuses a call from an executor that is unknown or from an older incarnation.
+    fn check_incarnation(
+        state: &ClusterState,
+        executor: &str,
+        incarnation: u64,
+    ) -> Result<(), Status> {
+        match state.executors.get(executor) {
+            Some(e) if e.incarnation == incarnation => Ok(()),
+            Some(e) => Err(Status::failed_precondition(format!(
+                "executor_id: {executor:?} is at incarnation {}, not {incarnation}",
+                e.incarnation
+            ))),
+            None => Err(Status::failed_precondition(format!(
+                "executor_id: {executor:?} is not registered (expired?)"
+            ))),
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        match self.raft.write(command).await.map_err(write_error)? {
+            Outcome::Refused(refusal) => Err(refused(refusal)),
+            outcome => Ok(outcome),
+        }
+    }
+}
+
+/// The assignments of one executor in `state`.
+pub fn assignments_of(state: &ClusterState, executor: &str) -> AssignmentSet {
+    let partitions = state
+        .owned_by(executor)
+        .filter_map(|((pipeline, partition), a)| {
+            let p = state.pipelines.get(pipeline)?;
+            Some(PartitionAssignment {
+                pipeline: pipeline.clone(),
+                partition: *partition,
+                epoch: a.epoch,
+                spec: p.spec.clone(),
+                version: p.version,
+                checkpoint: state
+                    .checkpoints
+                    .get(&(pipeline.clone(), *partition))
+                    .map(|c| c.position),
+                run: a.target.is_none() && !p.paused,
+            })
+        })
+        .collect();
+    AssignmentSet { partitions }
+}
+
+fn required(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    Ok(())
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<AssignmentSet, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExecutorService for ExecutorEndpoint {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        required("executor_id", &r.executor_id)?;
+        if r.slots == 0 || r.slots > 10_000 {
+            return Err(Status::invalid_argument(format!(
+                "slots: {} is invalid: between 1 and 10000",
+                r.slots
+            )));
+        }
+        let outcome = self
+            .write(Command::RegisterExecutor {
+                id: r.executor_id.clone(),
+                address: r.address,
+                region: r.region,
+                slots: r.slots,
+                gpu: r.gpu,
+            })
+            .await?;
+        let Outcome::Registered { incarnation } = outcome else {
+            return Err(Status::internal("registration gave no incarnation"));
+        };
+        self.observations
+            .heartbeat(&r.executor_id, incarnation, Vec::new());
+        Ok(Response::new(RegisterResponse {
+            incarnation,
+            lease_ms: self.config.lease.as_millis() as u64,
+            heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
+        self.observations
+            .heartbeat(&r.executor_id, r.incarnation, r.partitions);
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+
+    type WatchAssignmentsStream = AssignmentStream;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<AssignmentStream>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
+        let mut states = self.raft.subscribe();
+        let raft = self.raft.clone();
+        let observations = self.observations.clone();
+        // A bounded channel: a slow executor holds back only its own stream, and only the
+        // newest set matters.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last: Option<AssignmentSet> = None;
+            loop {
+                let state = states.borrow_and_update().clone();
+                if !raft.is_leader() {
+                    let _ = tx.send(Err(raft.not_leader())).await;
+                    return;
+                }
+                if let Err(status) = Self::check_incarnation(&state, &r.executor_id, r.incarnation)
+                {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                let set = assignments_of(&state, &r.executor_id);
+                if last.as_ref() != Some(&set) {
+                    for p in set.partitions.iter().filter(|p| p.run) {
+                        observations.dispatched(&(p.pipeline.clone(), p.partition));
+                    }
+                    if tx.send(Ok(set.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(set);
+                }
+                // Leadership can go without a state change: look again now and then.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), states.changed())
+                        .await;
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
+        self.write(Command::CommitCheckpoint {
+            pipeline: r.pipeline,
+            partition: r.partition,
+            executor: r.executor_id,
+            epoch: r.epoch,
+            position: r.position,
+        })
+        .await?;
+        Ok(Response::new(CommitResponse {}))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
+        // Noted before the commit: the new owner's stream may carry the partition before
+        // this call returns.
+        self.observations
+            .released((r.pipeline.clone(), r.partition), r.stop_ms);
+        self.write(Command::Release {
+            pipeline: r.pipeline,
+            partition: r.partition,
+            executor: r.executor_id,
+            epoch: r.epoch,
+        })
+        .await?;
+        Ok(Response::new(ReleaseResponse {}))
+    }
+}

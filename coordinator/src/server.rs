@@ -1,0 +1,107 @@
+//! A coordinator node: its Raft member, the leader's control loop, and one gRPC port that
+//! serves Raft traffic, executors and the admin API (each its own service), with gRPC
+//! health and reflection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mirador_proto::admin::admin_server::AdminServer;
+use mirador_proto::coordinator::executor_service_server::ExecutorServiceServer;
+
+use crate::admin::{AdminEndpoint, PipelineValidator};
+use crate::control::{control_loop, ControlConfig, Observations};
+use crate::executors::ExecutorEndpoint;
+use crate::raft::{RaftConfig, RaftNode};
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub node_id: u64,
+    /// Where the gRPC port listens.
+    pub listen: SocketAddr,
+    /// `host:port` that peers, executors and operators use to reach it.
+    pub advertise: String,
+    /// The Raft log, vote and state machine.
+    pub data_dir: PathBuf,
+    /// The initial voters (node id -> `host:port`), this node included. The group is
+    /// initialized by the node with the smallest id when its log is empty; others wait.
+    pub members: BTreeMap<u64, String>,
+    pub control: ControlConfig,
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub raft: Arc<RaftNode>,
+    pub observations: Observations,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    control: tokio::task::JoinHandle<()>,
+}
+
+impl Coordinator {
+    /// Starts the node and its gRPC port.
+    pub async fn start(
+        config: CoordinatorConfig,
+        validator: Arc<dyn PipelineValidator>,
+    ) -> anyhow::Result<Self> {
+        let raft = Arc::new(
+            RaftNode::start_grpc(
+                config.node_id,
+                config.advertise.clone(),
+                &config.data_dir,
+                &RaftConfig::default(),
+            )
+            .await?,
+        );
+        let observations = Observations::default();
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AdminServer<AdminEndpoint>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(mirador_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(raft.grpc_service())
+            .add_service(ExecutorServiceServer::new(ExecutorEndpoint::new(
+                raft.clone(),
+                observations.clone(),
+                config.control.clone(),
+            )))
+            .add_service(AdminServer::new(AdminEndpoint::new(
+                raft.clone(),
+                observations.clone(),
+                validator,
+            )));
+        let server = tokio::spawn(
+            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        if config.members.keys().next() == Some(&config.node_id) {
+            raft.initialize_if_new(config.members.clone()).await?;
+        }
+        let control = tokio::spawn(control_loop(
+            raft.clone(),
+            observations.clone(),
+            config.control.clone(),
+        ));
+        Ok(Coordinator {
+            raft,
+            observations,
+            server,
+            control,
+        })
+    }
+
+    /// Stops serving and leaves the group's traffic.
+    pub async fn shutdown(self) {
+        self.control.abort();
+        self.server.abort();
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The replicated state of a region: executors, pipelines, assignments and checkpoints.
+//!
+//! Raft commits [`Command`]s; every node applies them in log order with [`ClusterState::apply`],
+//! a pure and deterministic function (no clock, no I/O), so every replica holds the same
+//! state. Time-based decisions (lease expiry) are taken by the leader on its monotonic clock
+//! and enter the log as commands.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An executor node, as it registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executor {
+    pub id: String,
+    /// `host:port` of its gRPC endpoint (for operators; coordinators never call it).
+    pub address: String,
+    pub region: String,
+    /// Partitions it runs at most.
+    pub slots: u32,
+    pub gpu: bool,
+    /// Grows at each registration: a heartbeat or a commit from an older incarnation of the
+    /// same id is refused.
+    pub incarnation: u64,
+    /// Drained executors keep what they run until the planner has moved it away, and get
+    /// nothing new.
+    pub draining: bool,
+}
+
+/// A pipeline: its spec and how it is split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// Grows at each update.
+    pub version: u64,
+    /// The pipeline spec, YAML, as validated by the admin API.
+    pub spec: String,
+    pub partitions: u32,
+    /// Scored on a GPU: only GPU executors may run it.
+    pub gpu: bool,
+    pub paused: bool,
+}
+
+/// Who runs one partition of a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The executor that runs it, or `None` while it is unassigned.
+    pub owner: Option<String>,
+    /// The fencing token: grows at every change of owner. Only the owner, with the current
+    /// epoch, may commit a checkpoint.
+    pub epoch: u64,
+    /// Set when the planner moves the partition: the owner stops at a checkpoint and
+    /// releases it, then `target` becomes the owner with `epoch + 1`.
+    pub target: Option<String>,
+}
+
+/// A partition's safe resume position and the epoch that wrote it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub position: u64,
+    pub epoch: u64,
+}
+
+/// (pipeline name, partition).
+pub type PartitionKey = (String, u32);
+
+/// One change the planner asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Move {
+    pub pipeline: String,
+    pub partition: u32,
+    /// The owner when the plan was made (`None`: unassigned).
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// Everything a region's coordinators agree on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub executors: BTreeMap<String, Executor>,
+    pub pipelines: BTreeMap<String, Pipeline>,
+    #[serde(with = "pairs")]
+    pub assignments: BTreeMap<PartitionKey, Assignment>,
+    #[serde(with = "pairs")]
+    pub checkpoints: BTreeMap<PartitionKey, Checkpoint>,
+}
+
+/// A change to the state, committed through Raft.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// An executor (re)joins; a known id gets a new incarnation and keeps nothing it ran.
+    RegisterExecutor {
+        id: String,
+        address: String,
+        region: String,
+        slots: u32,
+        gpu: bool,
+    },
+    /// The leader saw no heartbeat within the lease: the executor is gone and every
+    /// partition it owned is unassigned (epoch + 1), so that its commits are refused.
+    ExpireExecutor {
+        id: String,
+        incarnation: u64,
+    },
+    SetDraining {
+        id: String,
+        draining: bool,
+    },
+    /// Creates a pipeline (version 1) or replaces its spec (version + 1).
+    PutPipeline {
+        name: String,
+        spec: String,
+        partitions: u32,
+        gpu: bool,
+    },
+    SetPaused {
+        name: String,
+        paused: bool,
+    },
+    DeletePipeline {
+        name: String,
+    },
+    /// The planner's output: each move assigns an unassigned partition, or asks its owner
+    /// to hand it over. A move whose `from` no longer matches is skipped (the plan is
+    /// stale).
+    ApplyPlan {
+        moves: Vec<Move>,
+    },
+    /// The owner stopped the partition at a checkpoint and lets it go: the target (or
+    /// nobody) becomes the owner with epoch + 1.
+    Release {
+        pipeline: String,
+        partition: u32,
+        executor: String,
+        epoch: u64,
+    },
+    /// A partition's position moves forward; refused from anyone but the owner with the
+    /// current epoch, and never backwards.
+    CommitCheckpoint {
+        pipeline: String,
+        partition: u32,
+        executor: String,
+        epoch: u64,
+        position: u64,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    Registered {
+        incarnation: u64,
+    },
+    PipelineVersion {
+        version: u64,
+    },
+    /// Moves of a plan that were applied.
+    Applied {
+        moves: usize,
+    },
+    Refused(Refusal),
+}
+
+/// Why a command changed nothing. Each is a client's error, not a coordinator's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown executor {0:?}")]
+    UnknownExecutor(String),
+    #[error("unknown pipeline {0:?}")]
+    UnknownPipeline(String),
+    #[error("pipeline {pipeline:?} has no partition {partition}")]
+    UnknownPartition { pipeline: String, partition: u32 },
+    #[error("stale epoch {given} for {pipeline}/{partition}: the current epoch is {current}")]
+    StaleEpoch {
+        pipeline: String,
+        partition: u32,
+        given: u64,
+        current: u64,
+    },
+    #[error("{executor:?} does not own {pipeline}/{partition}")]
+    NotOwner {
+        pipeline: String,
+        partition: u32,
+        executor: String,
+    },
+    #[error("checkpoint of {pipeline}/{partition} would move back from {current} to {given}")]
+    Backwards {
+        pipeline: String,
+        partition: u32,
+        given: u64,
+        current: u64,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match self.try_apply(command) {
+            Ok(outcome) => outcome,
+            Err(refusal) => Outcome::Refused(refusal),
+        }
+    }
+
+    fn try_apply(&mut self, command: &Command) -> Result<Outcome, Refusal> {
+        match command {
+            Command::RegisterExecutor {
+                id,
+                address,
+                region,
+                slots,
+                gpu,
+            } => {
+                let incarnation = self.executors.get(id).map_or(1, |e| e.incarnation + 1);
+                // A new incarnation starts empty: whatever the old one ran is unassigned.
+                self.unassign_all_of(id);
+                self.executors.insert(
+                    id.clone(),
+                    Executor {
+                        id: id.clone(),
+                        address: address.clone(),
+                        region: region.clone(),
+                        slots: *slots,
+                        gpu: *gpu,
+                        incarnation,
+                        draining: false,
+                    },
+                );
+                Ok(Outcome::Registered { incarnation })
+            }
+            Command::ExpireExecutor { id, incarnation } => {
+                match self.executors.get(id) {
+                    Some(e) if e.incarnation == *incarnation => {}
+                    // An older incarnation's lease: the executor registered again since.
+                    Some(_) => return Ok(Outcome::Done),
+                    None => return Err(Refusal::UnknownExecutor(id.clone())),
+                }
+                self.executors.remove(id);
+                self.unassign_all_of(id);
+                Ok(Outcome::Done)
+            }
+            Command::SetDraining { id, draining } => {
+                let executor = self
+                    .executors
+                    .get_mut(id)
+                    .ok_or_else(|| Refusal::UnknownExecutor(id.clone()))?;
+                executor.draining = *draining;
+                Ok(Outcome::Done)
+            }
+            Command::PutPipeline {
+                name,
+                spec,
+                partitions,
+                gpu,
+            } => {
+                if *partitions == 0 {
+                    return Err(Refusal::Invalid {
+                        field: "partitions".into(),
+                        message: "must be at least 1".into(),
+                    });
+                }
+                let (version, paused) = match self.pipelines.get(name) {
+                    Some(p) => (p.version + 1, p.paused),
+                    None => (1, false),
+                };
+                // Fewer partitions than before: the extra ones are dropped with their
+                // checkpoints; new ones start unassigned.
+                self.assignments
+                    .retain(|(p, i), _| p != name || *i < *partitions);
+                self.checkpoints
+                    .retain(|(p, i), _| p != name || *i < *partitions);
+                for partition in 0..*partitions {
+                    self.assignments
+                        .entry((name.clone(), partition))
+                        .or_insert(Assignment {
+                            owner: None,
+                            epoch: 0,
+                            target: None,
+                        });
+                }
+                self.pipelines.insert(
+                    name.clone(),
+                    Pipeline {
+                        name: name.clone(),
+                        version,
+                        spec: spec.clone(),
+                        partitions: *partitions,
+                        gpu: *gpu,
+                        paused,
+                    },
+                );
+                Ok(Outcome::PipelineVersion { version })
+            }
+            Command::SetPaused { name, paused } => {
+                let pipeline = self
+                    .pipelines
+                    .get_mut(name)
+                    .ok_or_else(|| Refusal::UnknownPipeline(name.clone()))?;
+                pipeline.paused = *paused;
+                if *paused {
+                    // Paused partitions are handed back like a move to nobody: the owners
+                    // stop at a checkpoint and release.
+                    for ((p, _), a) in self.assignments.iter_mut() {
+                        if p == name && a.owner.is_some() {
+                            a.target = None;
+                        }
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Command::DeletePipeline { name } => {
+                self.pipelines
+                    .remove(name)
+                    .ok_or_else(|| Refusal::UnknownPipeline(name.clone()))?;
+                self.assignments.retain(|(p, _), _| p != name);
+                self.checkpoints.retain(|(p, _), _| p != name);
+                Ok(Outcome::Done)
+            }
+            Command::ApplyPlan { moves } => {
+                let mut applied = 0;
+                for m in moves {
+                    let runnable = self.pipelines.get(&m.pipeline).is_some_and(|p| !p.paused)
+                        && self.executors.get(&m.to).is_some_and(|e| !e.draining);
+                    let Some(a) = self.assignments.get_mut(&(m.pipeline.clone(), m.partition))
+                    else {
+                        continue;
+                    };
+                    if !runnable || a.owner != m.from || a.owner.as_ref() == Some(&m.to) {
+                        continue;
+                    }
+                    match &a.owner {
+                        None => {
+                            a.owner = Some(m.to.clone());
+                            a.epoch += 1;
+                            a.target = None;
+                        }
+                        Some(_) => a.target = Some(m.to.clone()),
+                    }
+                    applied += 1;
+                }
+                Ok(Outcome::Applied { moves: applied })
+            }
+            Command::Release {
+                pipeline,
+                partition,
+                executor,
+                epoch,
+            } => {
+                let a = self.owned(pipeline, *partition, executor, *epoch)?;
+                let next = a.target.take();
+                a.epoch += 1;
+                a.owner = next;
+                Ok(Outcome::Done)
+            }
+            Command::CommitCheckpoint {
+                pipeline,
+                partition,
+                executor,
+                epoch,
+                position,
+            } => {
+                self.owned(pipeline, *partition, executor, *epoch)?;
+                let key = (pipeline.clone(), *partition);
+                let checkpoint = self.checkpoints.entry(key).or_default();
+                if *position < checkpoint.position {
+                    return Err(Refusal::Backwards {
+                        pipeline: pipeline.clone(),
+                        partition: *partition,
+                        given: *position,
+                        current: checkpoint.position,
+                    });
+                }
+                *checkpoint = Checkpoint {
+                    position: *position,
+                    epoch: *epoch,
+                };
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// The assignment of a partition, if `executor` owns it with `epoch`.
+    fn owned(
+        &mut self,
+        pipeline: &str,
+        partition: u32,
+        executor: &str,
+        epoch: u64,
+    ) -> Result<&mut Assignment, Refusal> {
+        let a = self
+            .assignments
+            .get_mut(&(pipeline.to_string(), partition))
+            .ok_or_else(|| {
+                if self.pipelines.contains_key(pipeline) {
+                    Refusal::UnknownPartition {
+                        pipeline: pipeline.to_string(),
+                        partition,
+                    }
+                } else {
+                    Refusal::UnknownPipeline(pipeline.to_string())
+                }
+            })?;
+        if a.epoch != epoch {
+            return Err(Refusal::StaleEpoch {
+                pipeline: pipeline.to_string(),
+                partition,
+                given: epoch,
+                current: a.epoch,
+            });
+        }
+        if a.owner.as_deref() != Some(executor) {
+            return Err(Refusal::NotOwner {
+                pipeline: pipeline.to_string(),
+                partition,
+                executor: executor.to_string(),
+            });
+        }
+        Ok(a)
+    }
+
+    fn unassign_all_of(&mut self, id: &str) {
+        for a in self.assignments.values_mut() {
+            if a.owner.as_deref() == Some(id) {
+                a.owner = None;
+                a.epoch += 1;
+                a.target = None;
+            }
+            if a.target.as_deref() == Some(id) {
+                a.target = None;
+            }
+        }
+    }
+
+    /// The partitions an executor owns, with their assignment and checkpoint.
+    pub fn owned_by<'a>(
+        &'a self,
+        executor: &'a str,
+    ) -> impl Iterator<Item = (&'a PartitionKey, &'a Assignment)> + 'a {
+        self.assignments
+            .iter()
+            .filter(move |(_, a)| a.owner.as_deref() == Some(executor))
+    }
+}
+
+/// JSON maps need string keys: maps keyed by (pipeline, partition) travel as lists of pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}

@@ -1,0 +1,429 @@
+//! A region as separate processes on loopback: 3 coordinators, 3 executors (then a 4th),
+//! the Kafka broker, and a pipeline of 12 partitions. Faults, one after the other: kill -9
+//! the Raft leader during a rebalance, kill -9 an executor, drain one. After each, every
+//! input event reaches the sink or the dead letter; throughout, a partition has one owner
+//! per epoch and no checkpoint moves backwards. Prints the recovery figures.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirador_cluster_tests::cluster::Region;
+use mirador_cluster_tests::services::KafkaBroker;
+use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
+const PARTITIONS: u32 = 12;
+const PIPELINE: &str = "cluster";
+
+/// The input: generated events, some poison, spread over the partitions.
+struct Input {
+    factory: EventFactory,
+    producer: BaseProducer,
+    next: u64,
+    /// Per partition, the offset after the last produced event.
+    ends: BTreeMap<u32, u64>,
+    ids: BTreeSet<String>,
+    poison: BTreeSet<String>,
+}
+
+impl Input {
+    fn new(brokers: &str) -> Self {
+        let generator = GeneratorSpec {
+            events: None,
+            partitions: 1,
+            customers: 12_000,
+            zipf_exponent: 1.1,
+            poison_ratio: 0.02,
+            seed: 12,
+            rate_per_sec: None,
+        };
+        Input {
+            factory: EventFactory::new(&generator, 0, PayloadFormat::Json, 65536),
+            // tansu answers a fetch from inside a record batch with the next batch: one
+            // message per batch keeps every resume exact (a Kafka broker needs no such care).
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "0")
+                .set("batch.num.messages", "1")
+                .create()
+                .unwrap(),
+            next: 0,
+            ends: (0..PARTITIONS).map(|p| (p, 0)).collect(),
+            ids: BTreeSet::new(),
+            poison: BTreeSet::new(),
+        }
+    }
+
+    /// Produces `per_partition` events to each of `partitions`.
+    fn produce(&mut self, partitions: &[u32], per_partition: u64) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut payload = Vec::new();
+        for _ in 0..per_partition {
+            for &partition in partitions {
+                let seq = self.next;
+                self.next += 1;
+                self.factory.payload(seq, now, &mut payload);
+                let id = self.factory.event_id(seq);
+                if self.factory.poison(seq).is_some() {
+                    self.poison.insert(id.clone());
+                }
+                self.ids.insert(id);
+                loop {
+                    let record = BaseRecord::<(), _>::to("events")
+                        .partition(partition as i32)
+                        .payload(&payload);
+                    match self.producer.send(record) {
+                        Ok(()) => break,
+                        Err(_) => {
+                            self.producer.poll(Duration::from_millis(5));
+                        }
+                    }
+                }
+                *self.ends.get_mut(&partition).unwrap() += 1;
+            }
+        }
+        self.producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    fn all(&self) -> Vec<u32> {
+        (0..PARTITIONS).collect()
+    }
+}
+
+/// Every event id in a topic (from the scored record or the dead letter's payload).
+fn ids_in(brokers: &str, topic: &str, partitions: i32) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "cluster-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut ids = Vec::new();
+    let mut ended = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ended.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading {topic} took too long");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let text = String::from_utf8_lossy(message.payload().unwrap_or_default());
+                let start = text.find("\"event_id\":\"").expect("an event id") + 12;
+                ids.push(text[start..start + text[start..].find('"').unwrap()].to_string());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    ids
+}
+
+/// What the admin API said over the run: who owned each (partition, epoch), and the
+/// checkpoints in the order they were seen.
+#[derive(Default)]
+struct History {
+    owners: BTreeMap<(u32, u64), BTreeSet<String>>,
+    checkpoints: BTreeMap<u32, Vec<u64>>,
+}
+
+fn describe(region: &Region) -> Option<Value> {
+    region.admin(&["describe", PIPELINE]).ok()
+}
+
+fn record(history: &Mutex<History>, info: &Value) {
+    let mut history = history.lock().unwrap();
+    for a in info["assignments"].as_array().into_iter().flatten() {
+        let partition = a["partition"].as_u64().unwrap() as u32;
+        let owner = a["owner"].as_str().unwrap_or_default();
+        if !owner.is_empty() {
+            history
+                .owners
+                .entry((partition, a["epoch"].as_u64().unwrap()))
+                .or_default()
+                .insert(owner.to_string());
+        }
+        if let Some(checkpoint) = a["checkpoint"].as_u64() {
+            history
+                .checkpoints
+                .entry(partition)
+                .or_default()
+                .push(checkpoint);
+        }
+    }
+}
+
+/// Partition -> owner, when every partition has one.
+fn owners(info: &Value) -> Option<BTreeMap<u32, String>> {
+    let owners: BTreeMap<u32, String> = info["assignments"]
+        .as_array()?
+        .iter()
+        .filter(|a| !a["owner"].as_str().unwrap_or_default().is_empty())
+        .map(|a| {
+            (
+                a["partition"].as_u64().unwrap() as u32,
+                a["owner"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (owners.len() == PARTITIONS as usize).then_some(owners)
+}
+
+/// Waits until the checkpoint of every partition in `partitions` reached its end.
+fn caught_up(region: &Region, input: &Input, partitions: &[u32], limit: Duration) -> Duration {
+    let started = Instant::now();
+    region.wait_for("the partitions to catch up", limit, || {
+        let info = describe(region)?;
+        let done = info["assignments"].as_array()?.iter().all(|a| {
+            let partition = a["partition"].as_u64().unwrap() as u32;
+            !partitions.contains(&partition)
+                || a["checkpoint"].as_u64() == Some(input.ends[&partition])
+        });
+        done.then_some(())
+    });
+    started.elapsed()
+}
+
+#[test]
+fn a_region_loses_nothing_when_its_leader_or_an_executor_dies_or_a_node_drains() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", PARTITIONS);
+    broker.create_topic("scored", 3);
+    broker.create_topic("dead", 1);
+    let brokers = broker.brokers();
+    let mut input = Input::new(&brokers);
+    input.produce(&input.all(), 500);
+
+    let mut region = Region::start(std::path::Path::new(MIRADOR), 3);
+    let first_leader = region.wait_for("a first leader", Duration::from_secs(20), || {
+        region.leader()
+    });
+    for id in ["e1", "e2", "e3"] {
+        region.add_executor(id, 8);
+    }
+    region.wait_for("three executors", Duration::from_secs(20), || {
+        let nodes = region.admin(&["nodes"]).ok()?;
+        (nodes.as_array()?.len() == 3).then_some(())
+    });
+
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = region.dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+name: {PIPELINE}
+source:
+  kafka:
+    brokers: "{brokers}"
+    topic: events
+enrichment:
+  table:
+    path: {features}
+  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
+model:
+  name: propensity
+  version: "1"
+  path: {model}
+sink:
+  kafka:
+    brokers: "{brokers}"
+    topic: scored
+dead_letter:
+  kafka:
+    brokers: "{brokers}"
+    topic: dead
+batching:
+  max_records: 128
+checkpoint:
+  interval_ms: 100
+"#,
+            features = repo.join("examples/features.csv").display(),
+            model = repo.join("models/propensity-v1.pt").display(),
+        ),
+    )
+    .unwrap();
+    // A bad spec is refused with the field, and creates nothing.
+    let bad = region.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("max_records: 128", "max_records: 0"),
+    )
+    .unwrap();
+    let refused = region
+        .admin(&["create", bad.to_str().unwrap()])
+        .unwrap_err();
+    assert!(refused.contains("batching.max_records"), "{refused}");
+    assert!(region.admin(&["describe", PIPELINE]).is_err());
+    region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+
+    // Watch the admin API all along.
+    let history = Arc::new(Mutex::new(History::default()));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (history, watching) = (history.clone(), watching.clone());
+        let list = region.coordinator_list();
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                let output = std::process::Command::new(MIRADOR)
+                    .args([
+                        "admin",
+                        "--json",
+                        "--coordinators",
+                        &list,
+                        "describe",
+                        PIPELINE,
+                    ])
+                    .output()
+                    .unwrap();
+                if let Ok(info) = serde_json::from_slice::<Value>(&output.stdout) {
+                    record(&history, &info);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let all = input.all();
+    let steady = caught_up(&region, &input, &all, Duration::from_secs(60));
+    println!(
+        "first {} events through the region in {steady:?}",
+        input.ids.len()
+    );
+
+    // 1. A rebalance (a fourth executor joins), and the leader killed in the middle of it.
+    input.produce(&all, 200);
+    region.add_executor("e4", 8);
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = first_leader;
+    let killed_at = Instant::now();
+    region
+        .coordinators
+        .iter_mut()
+        .find(|c| c.id == killed)
+        .unwrap()
+        .node
+        .kill();
+    let new_leader = region.wait_for("a new leader", Duration::from_secs(20), || {
+        region.leader().filter(|l| *l != killed)
+    });
+    let leader_after = killed_at.elapsed();
+    caught_up(&region, &input, &all, Duration::from_secs(60));
+    println!(
+        "leader {killed} killed during a rebalance: leader {new_leader} after {leader_after:?}"
+    );
+    region
+        .coordinators
+        .iter_mut()
+        .find(|c| c.id == killed)
+        .unwrap()
+        .node
+        .restart();
+
+    // 2. An executor killed: its partitions go elsewhere once its lease expires.
+    let before = owners(&describe(&region).unwrap()).unwrap();
+    let victim_partitions: Vec<u32> = before
+        .iter()
+        .filter(|(_, o)| o.as_str() == "e2")
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(
+        !victim_partitions.is_empty(),
+        "e2 runs partitions: {before:?}"
+    );
+    region.executor("e2").kill();
+    let killed_at = Instant::now();
+    input.produce(&victim_partitions, 100);
+    caught_up(&region, &input, &victim_partitions, Duration::from_secs(60));
+    let executor_recovery = killed_at.elapsed();
+    let after = owners(&describe(&region).unwrap()).unwrap();
+    assert!(after.values().all(|o| o != "e2"), "{after:?}");
+    println!(
+        "executor e2 killed: its {} partitions processing elsewhere after {executor_recovery:?}",
+        victim_partitions.len()
+    );
+
+    // 3. A drain: e1's partitions move with a planned handover.
+    region.admin(&["drain", "e1"]).unwrap();
+    region.wait_for("e1 empty", Duration::from_secs(30), || {
+        let info = describe(&region)?;
+        let owners = owners(&info)?;
+        owners.values().all(|o| o != "e1").then_some(())
+    });
+    input.produce(&all, 100);
+    caught_up(&region, &input, &all, Duration::from_secs(60));
+    let info = describe(&region).unwrap();
+    let pauses: Vec<u64> = info["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["last_move_pause_ms"].as_u64().filter(|p| *p > 0))
+        .collect();
+    println!(
+        "drain of e1: move pauses {pauses:?} ms (max {:?})",
+        pauses.iter().max()
+    );
+
+    watching.store(false, Ordering::Relaxed);
+    watcher.join().unwrap();
+
+    // Every event in the sink or the dead letter; the poison in the dead letter.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for id in ids_in(&brokers, "scored", 3) {
+        *seen.entry(id).or_default() += 1;
+    }
+    let dead: BTreeSet<String> = ids_in(&brokers, "dead", 1).into_iter().collect();
+    for id in &dead {
+        *seen.entry(id.clone()).or_default() += 1;
+    }
+    let seen_ids: BTreeSet<String> = seen.keys().cloned().collect();
+    let lost: Vec<&String> = input.ids.difference(&seen_ids).collect();
+    assert!(
+        lost.is_empty(),
+        "{} events lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(seen_ids.len(), input.ids.len(), "nothing but the input");
+    assert_eq!(dead, input.poison, "the dead letter holds the poison");
+    let twice = seen.values().filter(|n| **n > 1).count();
+    println!(
+        "{} events, {} written twice (in flight at a kill)",
+        input.ids.len(),
+        twice
+    );
+
+    let history = history.lock().unwrap();
+    for ((partition, epoch), owners) in &history.owners {
+        assert_eq!(
+            owners.len(),
+            1,
+            "partition {partition} epoch {epoch}: owners {owners:?}"
+        );
+    }
+    for (partition, checkpoints) in &history.checkpoints {
+        assert!(
+            checkpoints.windows(2).all(|w| w[0] <= w[1]),
+            "partition {partition}: a checkpoint moved backwards: {checkpoints:?}"
+        );
+    }
+    drop(broker);
+}

@@ -1,0 +1,136 @@
+//! `kill -9` of `mirador run` reading Pub/Sub, then running it again: every published
+//! event ends in the sink or the dead letter, and only messages that were in flight
+//! (delivered but not yet acknowledged) at the kill are written twice. Needs the Pub/Sub
+//! emulator.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+use common::{run, run_and_kill, write_spec, MIRADOR};
+use mirador_cluster_tests::services::PubsubEmulator;
+use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
+use serde_json::Value;
+
+const EVENTS: usize = 20_000;
+const LANES: usize = 2;
+/// Per lane: the most messages delivered and not yet acknowledged.
+const OUTSTANDING: usize = 1000;
+
+/// The `event_id` that a generated payload carries (poison included).
+fn event_id(payload: &[u8]) -> String {
+    let text = String::from_utf8_lossy(payload);
+    let start = text.find("\"event_id\":\"").expect("an event id") + 12;
+    let end = start + text[start..].find('"').unwrap();
+    text[start..end].to_string()
+}
+
+/// event id -> times written, over the sink and the dead letter.
+fn written(dir: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(dir.join("scored.jsonl"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let line: Value = serde_json::from_str(line).expect("only whole lines in a sink");
+        let id = line["event"]["event_id"].as_str().unwrap().to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    for line in std::fs::read_to_string(dir.join("dead.jsonl"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let line: Value = serde_json::from_str(line).expect("only whole lines in a sink");
+        let payload = line["payload"].as_str().unwrap();
+        let bytes = match line["payload_encoding"].as_str() {
+            Some("base64") => base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .unwrap(),
+            _ => payload.as_bytes().to_vec(),
+        };
+        *counts.entry(event_id(&bytes)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_pubsub_pipeline_then_restart_loses_nothing() {
+    let emulator = PubsubEmulator::start();
+    let endpoint = emulator.endpoint();
+    create_topic(&endpoint, "test-project", "events")
+        .await
+        .unwrap();
+    // A short deadline: what the killed run held is delivered again 10 s later.
+    create_subscription(&endpoint, "test-project", "events-sub", "events", 10)
+        .await
+        .unwrap();
+
+    let generate = |extra: &[&str]| {
+        Command::new(MIRADOR)
+            .args(["generate", "--events", &EVENTS.to_string()])
+            .args(["--poison-ratio", "0.01"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let events = generate(&[]);
+    assert!(events.status.success());
+    let published: BTreeSet<String> = events
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(event_id)
+        .collect();
+    assert_eq!(published.len(), EVENTS);
+    let publish = generate(&["--pubsub-topic", "events", "--pubsub-endpoint", &endpoint]);
+    assert!(
+        publish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = write_spec(
+        dir,
+        "killed-pubsub",
+        &format!(
+            "  pubsub:\n    project: test-project\n    subscription: events-sub\n    lanes: {LANES}\n    endpoint: \"{endpoint}\"\n    max_outstanding_messages: {OUTSTANDING}\n    stop_after_idle_ms: 20000"
+        ),
+    );
+
+    run_and_kill(&spec, || written(dir).len() >= EVENTS / 5);
+    let before = written(dir);
+    assert!(before.len() < EVENTS, "the kill came before the end");
+
+    assert!(run(&spec).wait().unwrap().success());
+    let after = written(dir);
+    let ids: BTreeSet<String> = after.keys().cloned().collect();
+    assert_eq!(
+        ids, published,
+        "every published event is in the sink or the dead letter, and nothing else"
+    );
+    let twice: Vec<&String> = after
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        twice.iter().all(|id| before.contains_key(*id)),
+        "only what the killed run wrote is written again"
+    );
+    assert!(
+        twice.len() <= LANES * OUTSTANDING,
+        "only messages in flight at the kill are written twice: {} of them",
+        twice.len()
+    );
+    assert!(after.values().all(|n| *n <= 2), "at most twice");
+    println!(
+        "written before the kill: {}, written twice: {}",
+        before.len(),
+        twice.len()
+    );
+}
