@@ -125,7 +125,9 @@ pub async fn run(
                 async move { c.drain_node(DrainNodeRequest { executor_id, undo }).await }
             })
             .await?;
-            return print(json, node_json(&node), || render_nodes(&[node.clone()]));
+            return print(json, node_json(&node), || {
+                render_nodes(std::slice::from_ref(&node))
+            });
         }
         AdminCommand::Create { spec } | AdminCommand::Update { spec } if !spec.is_file() => {
             anyhow::bail!("{}: no such file", spec.display())

@@ -63,7 +63,9 @@ async fn kill_9_of_a_pubsub_pipeline_then_restart_loses_nothing() {
     create_topic(&endpoint, "test-project", "events")
         .await
         .unwrap();
-    // A short deadline: what the killed run held is delivered again 10 s later.
+    // A short deadline: what the killed run held is delivered again once its lease (10 s)
+    // runs out; the emulator takes up to about 20 s more to notice, hence the idle time
+    // the second run waits before it ends.
     create_subscription(&endpoint, "test-project", "events-sub", "events", 10)
         .await
         .unwrap();
@@ -98,7 +100,7 @@ async fn kill_9_of_a_pubsub_pipeline_then_restart_loses_nothing() {
         dir,
         "killed-pubsub",
         &format!(
-            "  pubsub:\n    project: test-project\n    subscription: events-sub\n    lanes: {LANES}\n    endpoint: \"{endpoint}\"\n    max_outstanding_messages: {OUTSTANDING}\n    stop_after_idle_ms: 20000"
+            "  pubsub:\n    project: test-project\n    subscription: events-sub\n    lanes: {LANES}\n    endpoint: \"{endpoint}\"\n    max_outstanding_messages: {OUTSTANDING}\n    lease_extension_secs: 10\n    stop_after_idle_ms: 30000"
         ),
     );
 
@@ -109,9 +111,18 @@ async fn kill_9_of_a_pubsub_pipeline_then_restart_loses_nothing() {
     assert!(run(&spec).wait().unwrap().success());
     let after = written(dir);
     let ids: BTreeSet<String> = after.keys().cloned().collect();
-    assert_eq!(
-        ids, published,
-        "every published event is in the sink or the dead letter, and nothing else"
+    let missing: Vec<&String> = published.difference(&ids).collect();
+    let extra: Vec<&String> = ids.difference(&published).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "every published event is in the sink or the dead letter, and nothing else: \
+         {} written before the kill, {} after; {} missing (e.g. {:?}), {} unknown (e.g. {:?})",
+        before.len(),
+        after.len(),
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        extra.len(),
+        &extra[..extra.len().min(5)]
     );
     let twice: Vec<&String> = after
         .iter()

@@ -83,6 +83,14 @@ pub struct ClusterState {
     pub assignments: BTreeMap<PartitionKey, Assignment>,
     #[serde(with = "pairs")]
     pub checkpoints: BTreeMap<PartitionKey, Checkpoint>,
+    /// The last epoch handed out. Epochs come from this one counter, so that no epoch is
+    /// ever handed out twice, even to a pipeline deleted and created again.
+    #[serde(default)]
+    pub last_epoch: u64,
+    /// The last incarnation handed out, for the same reason: an executor that expired and
+    /// registers again never gets back an incarnation it had.
+    #[serde(default)]
+    pub last_incarnation: u64,
 }
 
 /// A change to the state, committed through Raft.
@@ -212,7 +220,8 @@ impl ClusterState {
                 slots,
                 gpu,
             } => {
-                let incarnation = self.executors.get(id).map_or(1, |e| e.incarnation + 1);
+                self.last_incarnation += 1;
+                let incarnation = self.last_incarnation;
                 // A new incarnation starts empty: whatever the old one ran is unassigned.
                 self.unassign_all_of(id);
                 self.executors.insert(
@@ -271,13 +280,19 @@ impl ClusterState {
                 self.checkpoints
                     .retain(|(p, i), _| p != name || *i < *partitions);
                 for partition in 0..*partitions {
-                    self.assignments
-                        .entry((name.clone(), partition))
-                        .or_insert(Assignment {
-                            owner: None,
-                            epoch: 0,
-                            target: None,
-                        });
+                    let key = (name.clone(), partition);
+                    if !self.assignments.contains_key(&key) {
+                        self.last_epoch += 1;
+                        let epoch = self.last_epoch;
+                        self.assignments.insert(
+                            key,
+                            Assignment {
+                                owner: None,
+                                epoch,
+                                target: None,
+                            },
+                        );
+                    }
                 }
                 self.pipelines.insert(
                     name.clone(),
@@ -332,7 +347,8 @@ impl ClusterState {
                     match &a.owner {
                         None => {
                             a.owner = Some(m.to.clone());
-                            a.epoch += 1;
+                            self.last_epoch += 1;
+                            a.epoch = self.last_epoch;
                             a.target = None;
                         }
                         Some(_) => a.target = Some(m.to.clone()),
@@ -347,9 +363,14 @@ impl ClusterState {
                 executor,
                 epoch,
             } => {
-                let a = self.owned(pipeline, *partition, executor, *epoch)?;
+                self.owned(pipeline, *partition, executor, *epoch)?;
+                let a = self
+                    .assignments
+                    .get_mut(&(pipeline.clone(), *partition))
+                    .expect("owned() found it");
                 let next = a.target.take();
-                a.epoch += 1;
+                self.last_epoch += 1;
+                a.epoch = self.last_epoch;
                 a.owner = next;
                 Ok(Outcome::Done)
             }
@@ -423,7 +444,8 @@ impl ClusterState {
         for a in self.assignments.values_mut() {
             if a.owner.as_deref() == Some(id) {
                 a.owner = None;
-                a.epoch += 1;
+                self.last_epoch += 1;
+                a.epoch = self.last_epoch;
                 a.target = None;
             }
             if a.target.as_deref() == Some(id) {
@@ -465,5 +487,116 @@ mod pairs {
         Ok(Vec::<(K, V)>::deserialize(deserializer)?
             .into_iter()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(state: &mut ClusterState, id: &str) -> u64 {
+        match state.apply(&Command::RegisterExecutor {
+            id: id.into(),
+            address: String::new(),
+            region: "r".into(),
+            slots: 4,
+            gpu: false,
+        }) {
+            Outcome::Registered { incarnation } => incarnation,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn assign(state: &mut ClusterState, to: &str) {
+        let from = state.assignments[&("p".to_string(), 0)].owner.clone();
+        state.apply(&Command::ApplyPlan {
+            moves: vec![Move {
+                pipeline: "p".into(),
+                partition: 0,
+                from,
+                to: to.into(),
+            }],
+        });
+    }
+
+    fn commit(state: &mut ClusterState, executor: &str, epoch: u64, position: u64) -> Outcome {
+        state.apply(&Command::CommitCheckpoint {
+            pipeline: "p".into(),
+            partition: 0,
+            executor: executor.into(),
+            epoch,
+            position,
+        })
+    }
+
+    fn one_partition() -> ClusterState {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        register(&mut state, "b");
+        state.apply(&Command::PutPipeline {
+            name: "p".into(),
+            spec: String::new(),
+            partitions: 1,
+            gpu: false,
+        });
+        state
+    }
+
+    #[test]
+    fn only_the_owner_with_the_current_epoch_moves_a_checkpoint_and_never_back() {
+        let mut state = one_partition();
+        assign(&mut state, "a");
+        let epoch = state.assignments[&("p".to_string(), 0)].epoch;
+        assert_eq!(commit(&mut state, "a", epoch, 10), Outcome::Done);
+        assert!(matches!(
+            commit(&mut state, "a", epoch, 5),
+            Outcome::Refused(Refusal::Backwards { .. })
+        ));
+        assert!(matches!(
+            commit(&mut state, "b", epoch, 20),
+            Outcome::Refused(Refusal::NotOwner { .. })
+        ));
+        // A handover: a releases, b owns it with a higher epoch, a's commits are stale.
+        assign(&mut state, "b");
+        state.apply(&Command::Release {
+            pipeline: "p".into(),
+            partition: 0,
+            executor: "a".into(),
+            epoch,
+        });
+        let next = state.assignments[&("p".to_string(), 0)].clone();
+        assert_eq!(next.owner.as_deref(), Some("b"));
+        assert!(next.epoch > epoch);
+        assert!(matches!(
+            commit(&mut state, "a", epoch, 30),
+            Outcome::Refused(Refusal::StaleEpoch { .. })
+        ));
+        assert_eq!(commit(&mut state, "b", next.epoch, 30), Outcome::Done);
+        assert_eq!(state.checkpoints[&("p".to_string(), 0)].position, 30);
+    }
+
+    #[test]
+    fn an_expired_executor_loses_its_partitions_and_epochs_are_never_reused() {
+        let mut state = one_partition();
+        assign(&mut state, "a");
+        let first = state.assignments[&("p".to_string(), 0)].epoch;
+        let incarnation = state.executors["a"].incarnation;
+        state.apply(&Command::ExpireExecutor {
+            id: "a".into(),
+            incarnation,
+        });
+        let a = &state.assignments[&("p".to_string(), 0)];
+        assert_eq!(a.owner, None);
+        assert!(a.epoch > first);
+        // Deleted and created again: its partition never gets an epoch seen before.
+        state.apply(&Command::DeletePipeline { name: "p".into() });
+        state.apply(&Command::PutPipeline {
+            name: "p".into(),
+            spec: String::new(),
+            partitions: 1,
+            gpu: false,
+        });
+        assign(&mut state, "b");
+        assert!(state.assignments[&("p".to_string(), 0)].epoch > first + 1);
     }
 }

@@ -57,36 +57,42 @@ pub enum StoreError {
 /// A failed redb call or a record that does not decode.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// Boxed: redb's error is large, and every storage call returns this.
     #[error(transparent)]
-    Redb(#[from] redb::Error),
+    Redb(Box<redb::Error>),
     #[error("undecodable record: {0}")]
     Json(#[from] serde_json::Error),
 }
 
 // redb returns one error type per kind of call; all of them are a `redb::Error`.
+impl From<redb::Error> for DiskError {
+    fn from(e: redb::Error) -> Self {
+        Self::Redb(Box::new(e))
+    }
+}
 impl From<redb::DatabaseError> for DiskError {
     fn from(e: redb::DatabaseError) -> Self {
-        Self::Redb(e.into())
+        Self::Redb(Box::new(e.into()))
     }
 }
 impl From<redb::TransactionError> for DiskError {
     fn from(e: redb::TransactionError) -> Self {
-        Self::Redb(e.into())
+        Self::Redb(Box::new(e.into()))
     }
 }
 impl From<redb::TableError> for DiskError {
     fn from(e: redb::TableError) -> Self {
-        Self::Redb(e.into())
+        Self::Redb(Box::new(e.into()))
     }
 }
 impl From<redb::StorageError> for DiskError {
     fn from(e: redb::StorageError) -> Self {
-        Self::Redb(e.into())
+        Self::Redb(Box::new(e.into()))
     }
 }
 impl From<redb::CommitError> for DiskError {
     fn from(e: redb::CommitError) -> Self {
-        Self::Redb(e.into())
+        Self::Redb(Box::new(e.into()))
     }
 }
 

@@ -310,6 +310,9 @@ impl ExecutorAgent {
         let mut running = self.running.lock().await;
 
         // Stop what must stop: gone, another epoch, fenced, to hand over, or a new version.
+        // A partition stopped for a new version restarts from where it stopped, which the
+        // set may not show yet.
+        let mut stopped_at: HashMap<Key, (u64, u64)> = HashMap::new();
         let keys: Vec<Key> = running.keys().cloned().collect();
         for key in keys {
             let current = &running[&key];
@@ -325,9 +328,13 @@ impl ExecutorAgent {
                 Some(a) if a.epoch == partition.id.epoch && !partition.is_fenced() => {
                     let epoch = a.epoch;
                     let stopping = Instant::now();
+                    let position = partition.position();
                     let committed = partition.stop(session).await;
                     if !a.run && committed {
                         self.release(session, &key, epoch, stopping.elapsed()).await;
+                    }
+                    if let (true, Some(position)) = (committed, position()) {
+                        stopped_at.insert(key.clone(), (epoch, position));
                     }
                 }
                 _ => partition.abandon().await,
@@ -352,10 +359,16 @@ impl ExecutorAgent {
                 partition: a.partition,
                 epoch: a.epoch,
             };
+            let checkpoint = match stopped_at.get(key) {
+                Some((epoch, position)) if *epoch == a.epoch => {
+                    Some(a.checkpoint.unwrap_or(0).max(*position))
+                }
+                _ => a.checkpoint,
+            };
             match AssignedPartition::start(
                 id,
                 a.version,
-                a.checkpoint,
+                checkpoint,
                 resources,
                 session.clone(),
                 received,

@@ -109,6 +109,12 @@ impl AssignedPartition {
         })
     }
 
+    /// A reader of the newest position saved, for after `stop` has consumed the partition.
+    pub fn position(&self) -> impl Fn() -> Option<u64> {
+        let latest = self.latest.clone();
+        move || *latest.borrow()
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
     }

@@ -23,6 +23,14 @@ pub struct PubsubSourceSpec {
     /// delivered (a bounded source, for replays and tests). Absent: follow forever.
     #[serde(default)]
     pub stop_after_idle_ms: Option<u64>,
+    /// How far each lease extension reaches, in seconds (10 to 600): a message held by a
+    /// lane that died is delivered again at most this long after its last extension.
+    #[serde(default = "default_lease_extension")]
+    pub lease_extension_secs: u64,
+}
+
+fn default_lease_extension() -> u64 {
+    60
 }
 
 fn default_lanes() -> u32 {
@@ -90,6 +98,15 @@ impl PubsubSourceSpec {
             return Err(SpecError::new(
                 format!("{field}.lanes"),
                 format!("{} is invalid: must be between 1 and 64", self.lanes),
+            ));
+        }
+        if !(10..=600).contains(&self.lease_extension_secs) {
+            return Err(SpecError::new(
+                format!("{field}.lease_extension_secs"),
+                format!(
+                    "{} is invalid: must be between 10 and 600",
+                    self.lease_extension_secs
+                ),
             ));
         }
         if !(1..=1_000_000).contains(&self.max_outstanding_messages) {

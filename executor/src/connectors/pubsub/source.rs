@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::MessageStream;
 use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
 
 use super::PubsubSourceSpec;
@@ -18,13 +18,19 @@ const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// How often a waiting lane acknowledges what became delivered.
 const ACK_EVERY: Duration = Duration::from_millis(100);
 
+type Delivery = Result<(Message, Handler), String>;
+
 /// A lane. Pub/Sub has no offsets: a record's position is its number in the lane, and
 /// the checkpoint is the acknowledgement of every message before it. Messages not
 /// acknowledged when the lane goes away (a crash, a generation restart) are delivered
 /// again by Pub/Sub.
 pub struct PubsubSource {
     lane: u32,
-    stream: MessageStream,
+    /// The stream's messages, forwarded by a task of their own: waiting on a channel can be
+    /// given up at any time, waiting on the stream itself cannot without losing a message
+    /// (it would only come back once its lease ran out).
+    messages: tokio::sync::mpsc::Receiver<Delivery>,
+    forwarder: tokio::task::JoinHandle<()>,
     batch_records: usize,
     stop_after_idle: Option<Duration>,
     tracker: Arc<CheckpointTracker>,
@@ -53,13 +59,24 @@ impl PubsubSource {
             .build()
             .await
             .map_err(|e| StageError::Fatal(format!("source.pubsub: {e}")))?;
-        let stream = client
+        let mut stream = client
             .subscribe(spec.subscription_path())
             .set_max_outstanding_messages(spec.max_outstanding_messages)
+            .set_max_lease_extension(std::time::Duration::from_secs(spec.lease_extension_secs))
             .build();
+        // Bounded by a batch: the stream's own flow control bounds the rest.
+        let (tx, messages) = tokio::sync::mpsc::channel(batch_records.max(1));
+        let forwarder = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                if tx.send(item.map_err(|e| e.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(PubsubSource {
             lane,
-            stream,
+            messages,
+            forwarder,
             batch_records,
             stop_after_idle: spec.stop_after_idle_ms.map(Duration::from_millis),
             next: tracker.committed().map_or(0, |p| p.offset),
@@ -95,7 +112,7 @@ impl Source for PubsubSource {
         // Wait for a first message, acknowledging delivered ones meanwhile.
         loop {
             self.ack_delivered();
-            match tokio::time::timeout(ACK_EVERY, self.stream.next()).await {
+            match tokio::time::timeout(ACK_EVERY, self.messages.recv()).await {
                 Ok(Some(Ok(message))) => {
                     messages.push(message);
                     break;
@@ -103,7 +120,7 @@ impl Source for PubsubSource {
                 Ok(Some(Err(error))) => {
                     return Err(StageError::Unavailable {
                         service: "pubsub",
-                        message: error.to_string(),
+                        message: error,
                     })
                 }
                 Ok(None) => return Err(StageError::internal("the pubsub stream closed")),
@@ -120,7 +137,7 @@ impl Source for PubsubSource {
         }
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
         while messages.len() < self.batch_records {
-            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+            match tokio::time::timeout_at(deadline, self.messages.recv()).await {
                 Ok(Some(Ok(message))) => messages.push(message),
                 _ => break,
             }
@@ -155,5 +172,12 @@ impl Source for PubsubSource {
         }
         self.unacked.push_back((end, handlers));
         Ok(Some(batch))
+    }
+}
+
+impl Drop for PubsubSource {
+    fn drop(&mut self) {
+        // The stream goes with its task; what it held unacknowledged is delivered again.
+        self.forwarder.abort();
     }
 }
