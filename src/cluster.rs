@@ -257,3 +257,210 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         .await;
     Ok(())
 }
+
+/// A region of one coordinator and one executor in this process, on a loopback port.
+pub struct LocalRegion {
+    pub coordinator: Coordinator,
+    pub agent: Arc<ExecutorAgent>,
+    pub address: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    agent_task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalRegion {
+    pub async fn start(data_dir: &Path, slots: u32) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listen = listener.local_addr()?;
+        drop(listener);
+        let address = listen.to_string();
+        let coordinator = Coordinator::start(
+            CoordinatorConfig {
+                node_id: 1,
+                listen,
+                advertise: address.clone(),
+                data_dir: data_dir.to_path_buf(),
+                members: BTreeMap::from([(1, address.clone())]),
+                control: ControlConfig::default(),
+            },
+            Arc::new(SpecValidator),
+        )
+        .await?;
+        let agent = Arc::new(ExecutorAgent::new(
+            AgentConfig {
+                executor_id: "local".into(),
+                address: String::new(),
+                region: "local".into(),
+                slots,
+                gpu: mirador_executor::infer::gpu_available(),
+                coordinators: vec![address.clone()],
+            },
+            InferencePool::default(),
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agent_task = tokio::spawn(agent.clone().run(async {
+            let _ = stopped.await;
+        }));
+        Ok(LocalRegion {
+            coordinator,
+            agent,
+            address,
+            stop,
+            agent_task,
+        })
+    }
+
+    /// Creates a pipeline through the admin API, as `mirador admin create` does.
+    pub async fn create(&self, spec: String) -> anyhow::Result<()> {
+        let channel = mirador_proto::leader::LeaderChannel::new(
+            vec![self.address.clone()],
+            Duration::from_secs(10),
+        );
+        channel
+            .call(|c| {
+                let spec = spec.clone();
+                async move {
+                    mirador_proto::admin::admin_client::AdminClient::new(c)
+                        .create_pipeline(mirador_proto::admin::PipelineSpecRequest { spec })
+                        .await
+                }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(())
+    }
+
+    /// Waits until `partitions` partitions ran to their end; returns the records read.
+    pub async fn wait_finished(&self, partitions: usize) -> u64 {
+        loop {
+            let snapshots = self.agent.snapshots().await;
+            let finished = snapshots
+                .iter()
+                .filter(|s| !matches!(s.exit, mirador_actors::ExitStatus::Running))
+                .count();
+            if finished == partitions {
+                return snapshots
+                    .iter()
+                    .map(|s| s.stages.first().map_or(0, |st| st.records_out))
+                    .sum();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.agent_task.await;
+        self.coordinator.shutdown().await;
+    }
+}
+
+/// The same pipeline run directly and through a local region: events/s of each.
+pub async fn bench_cluster(events: u64, partitions: u32) -> anyhow::Result<()> {
+    let scratch =
+        std::env::temp_dir().join(format!("mirador-bench-cluster-{}", std::process::id()));
+    let yaml = crate::demo::bench_cluster_yaml(&scratch, partitions, events)?;
+
+    let pool = InferencePool::default();
+    let resources = Arc::new(
+        mirador_executor::PipelineResources::build(PipelineSpec::from_yaml(&yaml)?, &pool).await?,
+    );
+    let events = events / partitions as u64 * partitions as u64;
+    let direct = mirador_executor::run_pipeline(resources, &Default::default()).await?;
+    anyhow::ensure!(
+        direct.succeeded(),
+        "the direct run failed: {:?}",
+        direct.failures
+    );
+    let direct_rate = direct.events_in as f64 / direct.elapsed_secs;
+    drop(pool);
+
+    let region = LocalRegion::start(&scratch.join("coordinator"), partitions).await?;
+    let started = std::time::Instant::now();
+    region.create(yaml).await?;
+    let read = region.wait_finished(partitions as usize).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    region.shutdown().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    anyhow::ensure!(read == events, "the region read {read} of {events} events");
+    let region_rate = read as f64 / elapsed;
+    println!("mirador bench-cluster: {events} events over {partitions} partitions, null sinks");
+    println!("  direct (mirador run):             {direct_rate:>12.0} events/s");
+    println!(
+        "  through a region (create to end): {region_rate:>12.0} events/s  ({:.0} % of direct)",
+        100.0 * region_rate / direct_rate
+    );
+    Ok(())
+}
+
+/// `mirador dev`: the pipeline through a one-node region in this process, the same code as
+/// `mirador coordinator` and `mirador executor`. Ends when every partition ran to its end,
+/// or at Ctrl-C; returns whether no partition failed.
+pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
+    let spec = PipelineSpec::from_yaml(&yaml)?;
+    let partitions = partition_count(&spec).await?;
+    let region = LocalRegion::start(&out.join("coordinator"), partitions).await?;
+    eprintln!(
+        "mirador dev: coordinator on {}, one executor with {partitions} slots",
+        region.address
+    );
+    region.create(yaml).await?;
+    let started = std::time::Instant::now();
+    // The source's output is what was read; the sink's and the dead letter's input is
+    // what they took.
+    let stage = |s: &mirador_actors::PipelineSnapshot, name: &str| {
+        s.stages.iter().find(|st| st.name == name).map_or(0, |st| {
+            if name == "source" {
+                st.records_out
+            } else {
+                st.records_in
+            }
+        })
+    };
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last = (std::time::Instant::now(), 0u64);
+    let snapshots = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut ctrl_c => break region.agent.snapshots().await,
+        }
+        let snapshots = region.agent.snapshots().await;
+        let read: u64 = snapshots.iter().map(|s| stage(s, "source")).sum();
+        let rate = (read - last.1.min(read)) as f64 / last.0.elapsed().as_secs_f64();
+        last = (std::time::Instant::now(), read);
+        eprintln!(
+            "  {:>6.1} s  {read:>10} events  {rate:>9.0} events/s",
+            started.elapsed().as_secs_f64()
+        );
+        let finished = snapshots
+            .iter()
+            .filter(|s| !matches!(s.exit, mirador_actors::ExitStatus::Running))
+            .count();
+        if snapshots.len() == partitions as usize && finished == snapshots.len() {
+            break snapshots;
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let read: u64 = snapshots.iter().map(|s| stage(s, "source")).sum();
+    let scored: u64 = snapshots.iter().map(|s| stage(s, "sink")).sum();
+    let dead: u64 = snapshots.iter().map(|s| stage(s, "dead_letter")).sum();
+    let failed: Vec<String> = snapshots
+        .iter()
+        .filter_map(|s| match &s.exit {
+            mirador_actors::ExitStatus::Failed(e) => {
+                Some(format!("partition {}: {e}", s.partition))
+            }
+            _ => None,
+        })
+        .collect();
+    region.shutdown().await;
+    eprintln!(
+        "mirador dev: {read} events in {elapsed:.2} s ({:.0} events/s): {scored} scored, {dead} dead-lettered",
+        read as f64 / elapsed.max(1e-9)
+    );
+    for failure in &failed {
+        eprintln!("  failed: {failure}");
+    }
+    Ok(failed.is_empty())
+}

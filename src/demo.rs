@@ -50,14 +50,15 @@ checkpoint:
     )
 }
 
-/// Writes the demo's assets under `out`, clears its earlier output, and returns its spec.
+/// Writes the demo's assets under `out`, clears its earlier output, and returns its spec
+/// (YAML).
 pub fn prepare(
     out: &Path,
     events: Option<u64>,
     partitions: u32,
     poison_ratio: f64,
     rate: Option<f64>,
-) -> anyhow::Result<PipelineSpec> {
+) -> anyhow::Result<String> {
     anyhow::ensure!(partitions >= 1, "--partitions: must be at least 1");
     if let Some(rate) = rate {
         anyhow::ensure!(
@@ -67,7 +68,12 @@ pub fn prepare(
     }
     write_assets(&out.join("assets"))?;
     // Every demo run starts afresh.
-    for stale in ["scored.jsonl", "dead-letter.jsonl", "checkpoints"] {
+    for stale in [
+        "scored.jsonl",
+        "dead-letter.jsonl",
+        "checkpoints",
+        "coordinator",
+    ] {
         let path = out.join(stale);
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_dir_all(&path);
@@ -91,7 +97,8 @@ pub fn prepare(
         &format!("  file:\n    path: {out_dir}/scored.jsonl"),
         &format!("  file:\n    path: {out_dir}/dead-letter.jsonl"),
     );
-    Ok(PipelineSpec::from_yaml(&yaml)?)
+    PipelineSpec::from_yaml(&yaml)?;
+    Ok(yaml)
 }
 
 /// The benchmark's pipeline: generator, embedded features, demo model, null sinks.
@@ -105,6 +112,22 @@ pub fn bench_spec(scratch: &Path, partitions: u32) -> anyhow::Result<PipelineSpe
         "  null: {}",
     );
     Ok(PipelineSpec::from_yaml(&yaml)?)
+}
+
+/// The benchmark's pipeline as YAML: about `events` in all (a multiple of `partitions`),
+/// null sinks.
+pub fn bench_cluster_yaml(scratch: &Path, partitions: u32, events: u64) -> anyhow::Result<String> {
+    write_assets(&scratch.join("assets"))?;
+    Ok(spec_yaml(
+        "bench-cluster",
+        scratch,
+        &format!(
+            "    partitions: {partitions}\n    customers: 10000\n    events: {}\n",
+            events / partitions as u64
+        ),
+        "  null: {}",
+        "  null: {}",
+    ))
 }
 
 /// `events` generator payloads, one JSON document each.
@@ -155,10 +178,11 @@ pub const SERVICES_BROKERS: &str = "127.0.0.1:9092";
 
 /// The demo through the services of `make services`: Kafka in, features from Bigtable,
 /// Kafka and Bigtable out, dead letters to Kafka. Reads the topic to its end.
-pub fn services_spec(out: &Path) -> anyhow::Result<PipelineSpec> {
+pub fn services_spec(out: &Path) -> anyhow::Result<String> {
     write_assets(&out.join("assets"))?;
     // Each demo run starts from the beginning of the topic.
     let _ = std::fs::remove_dir_all(out.join("checkpoints"));
+    let _ = std::fs::remove_dir_all(out.join("coordinator"));
     let dir = out.display();
     let yaml = format!(
         r#"
@@ -196,5 +220,6 @@ checkpoint:
   dir: {dir}/checkpoints
 "#
     );
-    Ok(PipelineSpec::from_yaml(&yaml)?)
+    PipelineSpec::from_yaml(&yaml)?;
+    Ok(yaml)
 }

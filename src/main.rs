@@ -36,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the bundled demo in one process: generator -> features -> demo model -> files.
+    /// Run the bundled demo in one process, through a one-node coordinator and an executor:
+    /// generator -> features -> demo model -> files.
     Dev {
         /// Stop after this many events (all partitions together); default: until Ctrl-C.
         #[arg(long)]
@@ -64,6 +65,13 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// An executor node: runs the partitions the coordinators assign to it.
     Executor(cluster::ExecutorArgs),
+    /// The benchmark pipeline run directly and through a one-node region in this process.
+    BenchCluster {
+        #[arg(long, default_value_t = 6_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+    },
     /// Manage a region through its coordinators' admin API.
     Admin {
         /// host:port of the region's coordinators (any of them), comma-separated.
@@ -199,6 +207,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster::run_coordinator(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::BenchCluster { events, partitions } => {
+            cluster::bench_cluster(events, partitions).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Executor(args) => {
             cluster::run_executor(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -224,30 +236,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             services,
         } => {
-            let spec = if services {
+            let yaml = if services {
                 let events = events.unwrap_or(200_000);
                 let payloads = demo::payloads(events, poison_ratio, 12_000, 7)?;
                 let delivered = produce(demo::SERVICES_BROKERS, "events", payloads).await?;
                 eprintln!("mirador dev: {delivered} events produced to the topic events");
                 demo::services_spec(&out)?
             } else {
-                demo::prepare(&out, events, partitions, poison_ratio, rate)?
-            };
-            if !services {
                 eprintln!(
                     "mirador dev: {} partitions, poison ratio {poison_ratio}, writing to {}",
                     partitions,
                     out.display()
                 );
-            }
-            let pool = InferencePool::default();
-            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
-            let options = RunOptions {
-                progress: Some(Duration::from_secs(1)),
-                ..RunOptions::default()
+                demo::prepare(&out, events, partitions, poison_ratio, rate)?
             };
-            let report = run_pipeline(resources, &options).await?;
-            eprint!("{}", report.render());
+            let succeeded = cluster::run_dev(&out, yaml).await?;
             if services {
                 eprintln!("  scored records in the topic scored and the Bigtable table scores, dead letters in the topic dead-letter");
             } else {
@@ -257,7 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out.join("dead-letter.jsonl").display()
                 );
             }
-            Ok(exit_code(report.succeeded()))
+            Ok(exit_code(succeeded))
         }
         Command::Run {
             pipeline,

@@ -19,7 +19,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
-const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
+/// The binary under test: this build's, or `MIRADOR_BIN` (to measure a release build).
+fn mirador() -> String {
+    std::env::var("MIRADOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirador").to_string())
+}
 const PARTITIONS: u32 = 12;
 const PIPELINE: &str = "cluster";
 
@@ -210,7 +213,8 @@ fn a_region_loses_nothing_when_its_leader_or_an_executor_dies_or_a_node_drains()
     let mut input = Input::new(&brokers);
     input.produce(&input.all(), 500);
 
-    let mut region = Region::start(std::path::Path::new(MIRADOR), 3);
+    let binary = mirador();
+    let mut region = Region::start(std::path::Path::new(&binary), 3);
     let first_leader = region.wait_for("a first leader", Duration::from_secs(20), || {
         region.leader()
     });
@@ -281,9 +285,10 @@ checkpoint:
     let watcher = {
         let (history, watching) = (history.clone(), watching.clone());
         let list = region.coordinator_list();
+        let binary = binary.clone();
         std::thread::spawn(move || {
             while watching.load(Ordering::Relaxed) {
-                let output = std::process::Command::new(MIRADOR)
+                let output = std::process::Command::new(&binary)
                     .args([
                         "admin",
                         "--json",

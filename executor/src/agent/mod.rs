@@ -112,6 +112,16 @@ impl ExecutorAgent {
             .collect()
     }
 
+    /// What each running partition's pipeline reports now.
+    pub async fn snapshots(&self) -> Vec<mirador_actors::PipelineSnapshot> {
+        self.running
+            .lock()
+            .await
+            .values()
+            .map(AssignedPartition::snapshot)
+            .collect()
+    }
+
     /// Runs until `shutdown` resolves: then every partition stops at a checkpoint and is
     /// released, so that the coordinators can move it at once.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {

@@ -131,7 +131,7 @@ impl AssignedPartition {
         let snapshot = self.handle.snapshot();
         let stage = |name: &str| snapshot.stages.iter().find(|s| s.name == name);
         let records_in = stage("source").map_or(0, |s| s.records_out);
-        let records_out = stage("sink").map_or(0, |s| s.records_out);
+        let records_out = stage("sink").map_or(0, |s| s.records_in);
         PartitionProgress {
             pipeline: self.id.pipeline.clone(),
             partition: self.id.partition,
@@ -139,7 +139,7 @@ impl AssignedPartition {
             position: self.committed.load(Ordering::Relaxed),
             records_in,
             records_out,
-            dead_lettered: stage("dead_letter").map_or(0, |s| s.records_out),
+            dead_lettered: stage("dead_letter").map_or(0, |s| s.records_in),
             events_per_sec: rate,
             lag: 0,
             stage_restarts: snapshot.stages.iter().map(|s| s.restarts as u32).sum(),
