@@ -377,17 +377,35 @@ pub async fn bench_cluster(events: u64, partitions: u32) -> anyhow::Result<()> {
     let region = LocalRegion::start(&scratch.join("coordinator"), partitions).await?;
     let started = std::time::Instant::now();
     region.create(yaml).await?;
+    // Once every partition runs: the direct rate is measured the same way, after the
+    // pipeline's resources (model, tables, clients) are built.
+    let (running_at, read_then) = loop {
+        let snapshots = region.agent.snapshots().await;
+        if snapshots.len() == partitions as usize {
+            let read: u64 = snapshots
+                .iter()
+                .map(|s| s.stages.first().map_or(0, |st| st.records_out))
+                .sum();
+            break (std::time::Instant::now(), read);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     let read = region.wait_finished(partitions as usize).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let running = running_at.elapsed().as_secs_f64();
     region.shutdown().await;
     let _ = std::fs::remove_dir_all(&scratch);
     anyhow::ensure!(read == events, "the region read {read} of {events} events");
-    let region_rate = read as f64 / elapsed;
+    let running_rate = (read - read_then) as f64 / running;
     println!("mirador bench-cluster: {events} events over {partitions} partitions, null sinks");
-    println!("  direct (mirador run):             {direct_rate:>12.0} events/s");
+    println!("  direct (mirador run):              {direct_rate:>12.0} events/s");
     println!(
-        "  through a region (create to end): {region_rate:>12.0} events/s  ({:.0} % of direct)",
-        100.0 * region_rate / direct_rate
+        "  through a region, once running:    {running_rate:>12.0} events/s  ({:.0} % of direct)",
+        100.0 * running_rate / direct_rate
+    );
+    println!(
+        "  through a region, create to end:   {:>12.0} events/s  (assignment and start included)",
+        read as f64 / elapsed
     );
     Ok(())
 }

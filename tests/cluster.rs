@@ -386,6 +386,16 @@ checkpoint:
         "drain of e1: move pauses {pauses:?} ms (max {:?})",
         pauses.iter().max()
     );
+    // The parts of each pause, as the leader logged them.
+    for c in &region.coordinators {
+        for line in c.node.log().lines().filter(|l| l.contains("move done")) {
+            let parts: Vec<&str> = line
+                .split_whitespace()
+                .filter(|w| w.contains("_ms=") || w.starts_with("partition="))
+                .collect();
+            println!("  {}", parts.join(" "));
+        }
+    }
 
     watching.store(false, Ordering::Relaxed);
     watcher.join().unwrap();

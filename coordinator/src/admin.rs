@@ -162,6 +162,39 @@ impl AdminEndpoint {
         }
     }
 
+    /// Creates a pipeline (`update` false: it must not exist) or replaces its spec
+    /// (`update` true: it must exist).
+    async fn put_pipeline(&self, spec: String, update: bool) -> Result<PipelineInfo, Status> {
+        self.lead()?;
+        let valid = self.validated(&spec).await?;
+        match (
+            self.raft.state().pipelines.contains_key(&valid.name),
+            update,
+        ) {
+            (true, false) => {
+                return Err(Status::already_exists(format!(
+                    "spec.name: pipeline {:?} exists; update it instead",
+                    valid.name
+                )))
+            }
+            (false, true) => {
+                return Err(Status::not_found(format!(
+                    "spec.name: no pipeline {:?}; create it first",
+                    valid.name
+                )))
+            }
+            _ => {}
+        }
+        self.write(Command::PutPipeline {
+            name: valid.name.clone(),
+            spec,
+            partitions: valid.partitions,
+            gpu: valid.gpu,
+        })
+        .await?;
+        self.pipeline_info(&self.raft.state(), &valid.name)
+    }
+
     async fn set_paused(&self, name: String, paused: bool) -> Result<PipelineInfo, Status> {
         self.lead()?;
         valid_name("name", &name)?;
@@ -314,24 +347,8 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<PipelineSpecRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
-        self.lead()?;
-        let spec = request.into_inner().spec;
-        let valid = self.validated(&spec).await?;
-        if self.raft.state().pipelines.contains_key(&valid.name) {
-            return Err(Status::already_exists(format!(
-                "spec.name: pipeline {:?} exists; update it instead",
-                valid.name
-            )));
-        }
-        self.write(Command::PutPipeline {
-            name: valid.name.clone(),
-            spec,
-            partitions: valid.partitions,
-            gpu: valid.gpu,
-        })
-        .await?;
         Ok(Response::new(
-            self.pipeline_info(&self.raft.state(), &valid.name)?,
+            self.put_pipeline(request.into_inner().spec, false).await?,
         ))
     }
 
@@ -339,24 +356,8 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<PipelineSpecRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
-        self.lead()?;
-        let spec = request.into_inner().spec;
-        let valid = self.validated(&spec).await?;
-        if !self.raft.state().pipelines.contains_key(&valid.name) {
-            return Err(Status::not_found(format!(
-                "spec.name: no pipeline {:?}; create it first",
-                valid.name
-            )));
-        }
-        self.write(Command::PutPipeline {
-            name: valid.name.clone(),
-            spec,
-            partitions: valid.partitions,
-            gpu: valid.gpu,
-        })
-        .await?;
         Ok(Response::new(
-            self.pipeline_info(&self.raft.state(), &valid.name)?,
+            self.put_pipeline(request.into_inner().spec, true).await?,
         ))
     }
 

@@ -93,6 +93,9 @@ impl Observations {
             if let Some(pause) = observed.moves.get_mut(&key) {
                 if let (Some(dispatch), None) = (pause.dispatch_ms, pause.pause_ms) {
                     pause.pause_ms = Some(pause.stop_ms + dispatch + p.start_pause_ms);
+                    tracing::info!(pipeline = %p.pipeline, partition = p.partition,
+                        stop_ms = pause.stop_ms, dispatch_ms = dispatch,
+                        start_ms = p.start_pause_ms, "move done");
                 }
             }
             observed.progress.insert(key, p);
