@@ -418,7 +418,7 @@ mod tests {
 
         state.apply(&Command::ExpireExecutor {
             id: "c".into(),
-            incarnation: 1,
+            incarnation: state.executors["c"].incarnation,
         });
         let moves = plan(&state, &all_live(&state), 0);
         assert_eq!(moves.len(), 3);

@@ -88,13 +88,25 @@ pub fn checkpoint(dir: &Path, pipeline: &str, partition: u32) -> Option<u64> {
     serde_json::from_slice::<Value>(&bytes).ok()?["offset"].as_u64()
 }
 
+/// The whole lines of a sink file: a line still being written (or cut by a kill) at its
+/// end is left out; anything else must parse.
+pub fn whole_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("only whole lines in a sink"))
+        .collect()
+}
+
 /// (partition, offset) -> times written, over the sink and the dead letter.
 pub fn written(dir: &Path) -> HashMap<(u64, u64), usize> {
     let mut counts = HashMap::new();
     for file in ["scored.jsonl", "dead.jsonl"] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        for line in text.lines() {
-            let value: Value = serde_json::from_str(line).expect("only whole lines in a sink");
+        for value in whole_lines(&dir.join(file)) {
             let key = (
                 value["source"]["partition"].as_u64().unwrap(),
                 value["source"]["offset"].as_u64().unwrap(),
