@@ -13,7 +13,6 @@ use base64::Engine;
 use common::{run, run_and_kill, whole_lines, write_spec, MIRADOR};
 use mirador_cluster_tests::services::PubsubEmulator;
 use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
-use serde_json::Value;
 
 const EVENTS: usize = 20_000;
 const LANES: usize = 2;
