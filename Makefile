@@ -19,7 +19,9 @@ export LD_LIBRARY_PATH = $(TORCH_LIB)
 MIRADOR := $(CARGO_TARGET_DIR)/release/mirador
 # A Kafka-protocol broker for the tests and `make services`, built once into the cache.
 TANSU_VERSION := 0.6.0
-TANSU := $(CACHE)/tansu/bin/tansu
+# The folder names the features: an older build without SQLite storage is not reused.
+TANSU_DIR := $(CACHE)/tansu-$(TANSU_VERSION)-sqlite
+TANSU := $(TANSU_DIR)/bin/tansu
 
 .PHONY: services services-down tansu toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
 
@@ -44,9 +46,9 @@ $(TORCH_STAMP):
 	touch $@
 
 $(TANSU):
-	@echo "building the tansu Kafka broker $(TANSU_VERSION) into $(CACHE)/tansu (about 11 minutes, once)"
+	@echo "building the tansu Kafka broker $(TANSU_VERSION) into $(TANSU_DIR) (15 to 20 minutes, once)"
 	CARGO_TARGET_DIR=$(CACHE)/tansu-build cargo install tansu --version $(TANSU_VERSION) --locked \
-	  --no-default-features --features dynostore,libsql --root $(CACHE)/tansu
+	  --no-default-features --features dynostore,libsql --root $(TANSU_DIR)
 	rm -rf $(CACHE)/tansu-build
 
 tansu: $(TANSU)

@@ -7,7 +7,7 @@ set -euo pipefail
 
 CACHE=${CACHE:-$HOME/.cache/mirador}
 STATE=${MIRADOR_SERVICES_DIR:-$CACHE/services}
-TANSU=${MIRADOR_TANSU:-$CACHE/tansu/bin/tansu}
+TANSU=${MIRADOR_TANSU:-$CACHE/tansu-0.6.0-sqlite/bin/tansu}
 MIRADOR=${MIRADOR:-${CARGO_TARGET_DIR:-$CACHE/target}/release/mirador}
 PUBSUB_EMULATOR=/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
 CBTEMULATOR=/usr/lib/google-cloud-sdk/platform/bigtable-emulator/cbtemulator

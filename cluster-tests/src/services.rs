@@ -93,7 +93,7 @@ pub fn tansu() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/mirador/tansu/bin/tansu")
+                .join(".cache/mirador/tansu-0.6.0-sqlite/bin/tansu")
         });
     assert!(
         path.is_file(),
