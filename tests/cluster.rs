@@ -367,6 +367,12 @@ checkpoint:
     );
 
     // 3. A drain: e1's partitions move with a planned handover.
+    let drained: Vec<u32> = owners(&describe(&region).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|(_, o)| o == "e1")
+        .map(|(p, _)| p)
+        .collect();
     region.admin(&["drain", "e1"]).unwrap();
     region.wait_for("e1 empty", Duration::from_secs(30), || {
         let info = describe(&region)?;
@@ -380,12 +386,26 @@ checkpoint:
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|a| a["last_move_pause_ms"].as_u64().filter(|p| *p > 0))
+        .filter(|a| drained.contains(&(a["partition"].as_u64().unwrap() as u32)))
+        .filter_map(|a| a["last_move_pause_ms"].as_u64())
         .collect();
     println!(
-        "drain of e1: move pauses {pauses:?} ms (max {:?})",
+        "drain of e1: its {} partitions moved with pauses of {pauses:?} ms (max {:?})",
+        drained.len(),
         pauses.iter().max()
     );
+    // Where the new owners' starts went, as the executors logged them.
+    for e in &region.executors {
+        for line in e.log().lines().filter(|l| l.contains("partition started")) {
+            let parts: Vec<&str> = line
+                .split_whitespace()
+                .filter(|w| {
+                    w.contains("_ms=") || w.starts_with("partition=") || w.starts_with("epoch=")
+                })
+                .collect();
+            println!("  {} {}", e.name, parts.join(" "));
+        }
+    }
     // The parts of each pause, as the leader logged them.
     for c in &region.coordinators {
         for line in c.node.log().lines().filter(|l| l.contains("move done")) {

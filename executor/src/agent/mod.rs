@@ -356,6 +356,7 @@ impl ExecutorAgent {
             if !a.run || running.contains_key(key) {
                 continue;
             }
+            let building = Instant::now();
             let resources = match self.resources_for(a).await {
                 Ok(resources) => resources,
                 Err(error) => {
@@ -388,7 +389,8 @@ impl ExecutorAgent {
                 Ok(partition) => {
                     tracing::info!(pipeline = %a.pipeline, partition = a.partition,
                         epoch = a.epoch, checkpoint = ?a.checkpoint,
-                        pause_ms = partition.start_pause.as_millis() as u64, "partition started");
+                        pause_ms = partition.start_pause.as_millis() as u64,
+                        start_ms = building.elapsed().as_millis() as u64, "partition started");
                     running.insert(key.clone(), partition);
                 }
                 Err(error) => tracing::error!(%error, "cannot start the partition"),
