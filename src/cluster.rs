@@ -13,7 +13,7 @@ use mirador_coordinator::control::ControlConfig;
 use mirador_coordinator::server::{Coordinator, CoordinatorConfig};
 use mirador_executor::agent::{AgentConfig, ExecutorAgent};
 use mirador_executor::infer::InferencePool;
-use mirador_executor::pipeline::partition_count;
+use mirador_executor::pipeline::{partition_count, Counts};
 use mirador_executor::spec::DeviceSpec;
 use mirador_executor::PipelineSpec;
 use serde::Deserialize;
@@ -258,6 +258,14 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `partitions` partition pipelines run here and every one has ended.
+fn all_ended(snapshots: &[mirador_actors::PipelineSnapshot], partitions: usize) -> bool {
+    snapshots.len() == partitions
+        && snapshots
+            .iter()
+            .all(|s| !matches!(s.exit, mirador_actors::ExitStatus::Running))
+}
+
 /// A region of one coordinator and one executor in this process, on a loopback port.
 pub struct LocalRegion {
     pub coordinator: Coordinator,
@@ -333,15 +341,8 @@ impl LocalRegion {
     pub async fn wait_finished(&self, partitions: usize) -> u64 {
         loop {
             let snapshots = self.agent.snapshots().await;
-            let finished = snapshots
-                .iter()
-                .filter(|s| !matches!(s.exit, mirador_actors::ExitStatus::Running))
-                .count();
-            if finished == partitions {
-                return snapshots
-                    .iter()
-                    .map(|s| s.stages.first().map_or(0, |st| st.records_out))
-                    .sum();
+            if all_ended(&snapshots, partitions) {
+                return Counts::of(&snapshots).read;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -382,11 +383,7 @@ pub async fn bench_cluster(events: u64, partitions: u32) -> anyhow::Result<()> {
     let (running_at, read_then) = loop {
         let snapshots = region.agent.snapshots().await;
         if snapshots.len() == partitions as usize {
-            let read: u64 = snapshots
-                .iter()
-                .map(|s| s.stages.first().map_or(0, |st| st.records_out))
-                .sum();
-            break (std::time::Instant::now(), read);
+            break (std::time::Instant::now(), Counts::of(&snapshots).read);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
@@ -423,17 +420,6 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
     );
     region.create(yaml).await?;
     let started = std::time::Instant::now();
-    // The source's output is what was read; the sink's and the dead letter's input is
-    // what they took.
-    let stage = |s: &mirador_actors::PipelineSnapshot, name: &str| {
-        s.stages.iter().find(|st| st.name == name).map_or(0, |st| {
-            if name == "source" {
-                st.records_out
-            } else {
-                st.records_in
-            }
-        })
-    };
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -444,25 +430,23 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
             _ = &mut ctrl_c => break region.agent.snapshots().await,
         }
         let snapshots = region.agent.snapshots().await;
-        let read: u64 = snapshots.iter().map(|s| stage(s, "source")).sum();
+        let read = Counts::of(&snapshots).read;
         let rate = (read - last.1.min(read)) as f64 / last.0.elapsed().as_secs_f64();
         last = (std::time::Instant::now(), read);
         eprintln!(
             "  {:>6.1} s  {read:>10} events  {rate:>9.0} events/s",
             started.elapsed().as_secs_f64()
         );
-        let finished = snapshots
-            .iter()
-            .filter(|s| !matches!(s.exit, mirador_actors::ExitStatus::Running))
-            .count();
-        if snapshots.len() == partitions as usize && finished == snapshots.len() {
+        if all_ended(&snapshots, partitions as usize) {
             break snapshots;
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let read: u64 = snapshots.iter().map(|s| stage(s, "source")).sum();
-    let scored: u64 = snapshots.iter().map(|s| stage(s, "sink")).sum();
-    let dead: u64 = snapshots.iter().map(|s| stage(s, "dead_letter")).sum();
+    let Counts {
+        read,
+        scored,
+        dead_lettered: dead,
+    } = Counts::of(&snapshots);
     let failed: Vec<String> = snapshots
         .iter()
         .filter_map(|s| match &s.exit {

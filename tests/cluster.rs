@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirador_cluster_tests::cluster::Region;
-use mirador_cluster_tests::services::KafkaBroker;
+use mirador_cluster_tests::event_id;
+use mirador_cluster_tests::services::{read_topic, KafkaBroker};
 use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::Value;
 
 /// The binary under test: this build's, or `MIRADOR_BIN` (to measure a release build).
@@ -103,39 +102,10 @@ impl Input {
 
 /// Every event id in a topic (from the scored record or the dead letter's payload).
 fn ids_in(brokers: &str, topic: &str, partitions: i32) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "cluster-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut ids = Vec::new();
-    let mut ended = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ended.len() < partitions as usize {
-        assert!(Instant::now() < deadline, "reading {topic} took too long");
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let text = String::from_utf8_lossy(message.payload().unwrap_or_default());
-                let start = text.find("\"event_id\":\"").expect("an event id") + 12;
-                ids.push(text[start..start + text[start..].find('"').unwrap()].to_string());
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                ended.insert(p);
-            }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-            None => {}
-        }
-    }
-    ids
+    read_topic(brokers, topic, partitions)
+        .iter()
+        .map(|(value, _)| event_id(value))
+        .collect()
 }
 
 /// What the admin API said over the run: who owned each (partition, epoch), and the

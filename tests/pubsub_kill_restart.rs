@@ -11,6 +11,7 @@ use std::process::Command;
 
 use base64::Engine;
 use common::{run, run_and_kill, whole_lines, write_spec, MIRADOR};
+use mirador_cluster_tests::event_id;
 use mirador_cluster_tests::services::PubsubEmulator;
 use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
 
@@ -18,14 +19,6 @@ const EVENTS: usize = 20_000;
 const LANES: usize = 2;
 /// Per lane: the most messages delivered and not yet acknowledged.
 const OUTSTANDING: usize = 1000;
-
-/// The `event_id` that a generated payload carries (poison included).
-fn event_id(payload: &[u8]) -> String {
-    let text = String::from_utf8_lossy(payload);
-    let start = text.find("\"event_id\":\"").expect("an event id") + 12;
-    let end = start + text[start..].find('"').unwrap();
-    text[start..end].to_string()
-}
 
 /// event id -> times written, over the sink and the dead letter.
 fn written(dir: &Path) -> HashMap<String, usize> {

@@ -4,3 +4,12 @@
 
 pub mod cluster;
 pub mod services;
+
+/// The `event_id` a generated payload carries (poison included: every generated payload
+/// has one, even where it is not valid JSON).
+pub fn event_id(payload: &[u8]) -> String {
+    let text = String::from_utf8_lossy(payload);
+    let start = text.find("\"event_id\":\"").expect("an event id") + 12;
+    let end = start + text[start..].find('"').expect("a closing quote");
+    text[start..end].to_string()
+}

@@ -1,9 +1,15 @@
 //! Real services started by the tests themselves, on loopback, stopped by their pid.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const CBTEMULATOR: &str = "/usr/lib/google-cloud-sdk/platform/bigtable-emulator/cbtemulator";
 
@@ -246,4 +252,57 @@ impl Drop for PubsubEmulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every message of a topic, from its beginning to its end now: (value, headers).
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let mut ended = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ended.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading {topic} took too long");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                messages.push((message.payload().unwrap_or_default().to_vec(), headers));
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    messages
 }

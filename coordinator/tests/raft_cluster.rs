@@ -1,6 +1,10 @@
 //! Three coordinators in one process over the in-memory network: elections under lost and
 //! late messages, failover, partitions, and a follower that catches up from a snapshot.
 
+mod common;
+
+use common::register;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,16 +137,6 @@ impl Cluster {
 
 fn addr(id: NodeId) -> String {
     format!("coordinator-{id}:7400")
-}
-
-fn register(id: &str) -> Command {
-    Command::RegisterExecutor {
-        id: id.into(),
-        address: format!("{id}:7000"),
-        region: "eu".into(),
-        slots: 4,
-        gpu: false,
-    }
 }
 
 fn put_pipeline(name: &str, partitions: u32) -> Command {

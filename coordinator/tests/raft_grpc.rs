@@ -1,11 +1,15 @@
 //! Three coordinators over real gRPC on localhost: the same group as the in-memory tests,
 //! through `GrpcNetwork` and `RaftService`.
 
+mod common;
+
+use common::register;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mirador_coordinator::raft::{NodeId, RaftConfig, RaftNode, WriteError};
-use mirador_coordinator::state::{Command, Outcome};
+use mirador_coordinator::state::Outcome;
 use openraft::ServerState;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -57,16 +61,6 @@ async fn leader_among(nodes: &BTreeMap<NodeId, Coordinator>, within: Duration) -
         }
         assert!(Instant::now() < deadline, "no leader within {within:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn register(id: &str) -> Command {
-    Command::RegisterExecutor {
-        id: id.into(),
-        address: format!("{id}:7000"),
-        region: "eu".into(),
-        slots: 4,
-        gpu: false,
     }
 }
 

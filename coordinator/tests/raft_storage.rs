@@ -1,6 +1,10 @@
 //! openraft's storage conformance suite against our redb store, and the state surviving a
 //! restart from disk.
 
+mod common;
+
+use common::register;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -8,7 +12,7 @@ use mirador_coordinator::raft::testing::Router;
 use mirador_coordinator::raft::{
     open_store, LogStore, RaftConfig, RaftNode, StateMachineStore, TypeConfig,
 };
-use mirador_coordinator::state::{Command, Outcome};
+use mirador_coordinator::state::Outcome;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{ServerState, StorageError};
 use tempfile::TempDir;
@@ -28,16 +32,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempDirS
 fn store_passes_the_openraft_conformance_suite() {
     // The suite runs each case on a runtime of its own: not inside #[tokio::test].
     Suite::test_all(TempDirStore).unwrap();
-}
-
-fn register(id: &str) -> Command {
-    Command::RegisterExecutor {
-        id: id.into(),
-        address: format!("{id}:7000"),
-        region: "eu".into(),
-        slots: 4,
-        gpu: false,
-    }
 }
 
 async fn wait_for_leader(node: &RaftNode) {

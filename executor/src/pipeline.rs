@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use mirador_actors::{
-    link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, SourceRunner, StageError,
-    StageRunner, StageSlot, StageStats,
+    link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, PipelineSnapshot,
+    SourceRunner, StageError, StageRunner, StageSlot, StageStats,
 };
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
@@ -28,6 +28,29 @@ use crate::spec::{PipelineSpec, SinkSpec, SinkTarget, SourceSpec};
 
 /// Stage names, in pipeline order.
 pub const STAGES: [&str; 6] = ["source", "decode", "enrich", "infer", "sink", "dead_letter"];
+
+/// What partition pipelines have done, from their snapshots: records read (the source's
+/// output), scored (the sink's input) and dead-lettered (the dead letter's input).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub read: u64,
+    pub scored: u64,
+    pub dead_lettered: u64,
+}
+
+impl Counts {
+    /// The sums over `snapshots`, whose stages are in the order of [`STAGES`].
+    pub fn of<'a>(snapshots: impl IntoIterator<Item = &'a PipelineSnapshot>) -> Self {
+        let mut counts = Counts::default();
+        for s in snapshots {
+            let stage = |i: usize| s.stages.get(i);
+            counts.read += stage(0).map_or(0, |st| st.records_out);
+            counts.scored += stage(4).map_or(0, |st| st.records_in);
+            counts.dead_lettered += stage(5).map_or(0, |st| st.records_in);
+        }
+        counts
+    }
+}
 
 /// What the partitions of one pipeline on a node share: the lookup and its cache, the
 /// model's batcher, the sinks, the latency and dead-letter counters.

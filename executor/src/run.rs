@@ -11,7 +11,7 @@ use mirador_actors::{
 use serde::Serialize;
 
 use crate::checkpoint_store::FileCheckpointStore;
-use crate::pipeline::{PartitionFactory, PipelineResources};
+use crate::pipeline::{Counts, PartitionFactory, PipelineResources};
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -191,8 +191,11 @@ impl PipelineRun {
     /// One line of live progress.
     pub fn progress_line(&self, last: &mut (Instant, u64)) -> String {
         let snapshots = self.snapshots();
-        let events_in: u64 = snapshots.iter().map(|s| s.stages[0].records_out).sum();
-        let scored: u64 = snapshots.iter().map(|s| s.stages[4].records_in).sum();
+        let Counts {
+            read: events_in,
+            scored,
+            ..
+        } = Counts::of(&snapshots);
         let dead: u64 = self.resources.reasons.snapshot().values().sum();
         let now = Instant::now();
         let rate = (events_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
@@ -239,8 +242,11 @@ impl PipelineRun {
         }
         let elapsed = self.started.elapsed();
         let snapshots = self.snapshots();
-        let events_in: u64 = snapshots.iter().map(|s| s.stages[0].records_out).sum();
-        let scored: u64 = snapshots.iter().map(|s| s.stages[4].records_in).sum();
+        let Counts {
+            read: events_in,
+            scored,
+            ..
+        } = Counts::of(&snapshots);
         let stage_restarts = snapshots
             .iter()
             .flat_map(|s| s.stages.iter().map(|stage| stage.restarts))

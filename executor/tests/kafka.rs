@@ -6,75 +6,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::services::KafkaBroker;
+use common::services::{read_topic, KafkaBroker};
+use mirador_cluster_tests::event_id;
 use mirador_executor::infer::InferencePool;
 use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 /// (partition, offset) of an input record.
 type Key = (u64, u64);
-
-/// Every message of a topic: (value, headers).
-fn read_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-) -> Vec<(Vec<u8>, HashMap<String, String>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut messages = Vec::new();
-    let mut ended = std::collections::HashSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ended.len() < partitions as usize {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reading {topic} took too long"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                messages.push((message.payload().unwrap_or_default().to_vec(), headers));
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ended.insert(partition);
-            }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-            None => {}
-        }
-    }
-    messages
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_pipeline_scores_every_record_and_dead_letters_the_poison() {
@@ -290,9 +232,7 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     let mut dead_ids = std::collections::BTreeSet::new();
     for (value, headers) in read_topic(&broker.brokers(), "dead", 1) {
         assert!(!headers["reason"].is_empty(), "{headers:?}");
-        let text = String::from_utf8_lossy(&value);
-        let start = text.find("\"event_id\":\"").expect("an event id") + 12;
-        let id = text[start..start + text[start..].find('"').unwrap()].to_string();
+        let id = event_id(&value);
         *seen.entry(id.clone()).or_default() += 1;
         dead_ids.insert(id);
     }

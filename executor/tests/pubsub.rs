@@ -10,6 +10,7 @@ use common::services::PubsubEmulator;
 use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::client::{Publisher, Subscriber};
 use google_cloud_pubsub::model::Message;
+use mirador_cluster_tests::event_id;
 use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
 use mirador_executor::infer::InferencePool;
 use mirador_executor::sources::generator::EventFactory;
@@ -50,14 +51,6 @@ async fn drain(
         handler.ack();
     }
     messages
-}
-
-/// The `event_id` a payload carries, poison included (every generated one has it).
-fn event_id(payload: &[u8]) -> String {
-    let text = String::from_utf8_lossy(payload);
-    let start = text.find("\"event_id\":\"").expect("an event id") + 12;
-    let end = start + text[start..].find('"').unwrap();
-    text[start..end].to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,14 +214,16 @@ impl ExecutorAgent {
                     .iter()
                     .map(|(key, p)| {
                         let now = Instant::now();
-                        let records = p.progress(0.0).records_in;
+                        let mut progress = p.progress();
+                        let records = progress.records_in;
                         let window = windows.entry(key.clone()).or_insert((now, records, 0.0));
                         let seconds = now.duration_since(window.0).as_secs_f64();
                         if seconds >= 1.0 {
                             let rate = records.saturating_sub(window.1) as f64 / seconds;
                             *window = (now, records, rate);
                         }
-                        p.progress(window.2)
+                        progress.events_per_sec = window.2;
+                        progress
                     })
                     .collect();
             }

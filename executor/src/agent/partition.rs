@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tonic::Code;
 
 use super::{Lease, Session};
-use crate::pipeline::{PartitionFactory, PipelineResources};
+use crate::pipeline::{Counts, PartitionFactory, PipelineResources};
 
 /// Checkpoints of one partition: loaded from the assignment, saved into a slot that the
 /// committer sends on. `save` never blocks the pipeline.
@@ -127,20 +127,20 @@ impl AssignedPartition {
         self.handle.snapshot()
     }
 
-    pub fn progress(&self, rate: f64) -> PartitionProgress {
+    /// What the heartbeat reports of this partition; the rate is the caller's, who keeps
+    /// the window it is measured over.
+    pub fn progress(&self) -> PartitionProgress {
         let snapshot = self.handle.snapshot();
-        let stage = |name: &str| snapshot.stages.iter().find(|s| s.name == name);
-        let records_in = stage("source").map_or(0, |s| s.records_out);
-        let records_out = stage("sink").map_or(0, |s| s.records_in);
+        let counts = Counts::of([&snapshot]);
         PartitionProgress {
             pipeline: self.id.pipeline.clone(),
             partition: self.id.partition,
             epoch: self.id.epoch,
             position: self.committed.load(Ordering::Relaxed),
-            records_in,
-            records_out,
-            dead_lettered: stage("dead_letter").map_or(0, |s| s.records_in),
-            events_per_sec: rate,
+            records_in: counts.read,
+            records_out: counts.scored,
+            dead_lettered: counts.dead_lettered,
+            events_per_sec: 0.0,
             lag: 0,
             stage_restarts: snapshot.stages.iter().map(|s| s.restarts as u32).sum(),
             generation_restarts: snapshot.generation_restarts as u32,
