@@ -54,7 +54,7 @@ $(TANSU):
 tansu: $(TANSU)
 
 build: setup
-	cargo build --release --bin mirador
+	cargo build --release --bin mirador --bin mirador-coordinator
 
 demo: build
 	$(MIRADOR) dev --events 1000000

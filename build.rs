@@ -1,6 +1,7 @@
 // libtorch's CUDA library is only reached through libtorch's own initialisers, so the
-// linker's --as-needed would drop it and hide every GPU; keep it, and libtorch, linked.
+// linker's --as-needed would drop it and hide every GPU; keep it, and libtorch, linked
+// into `mirador`. `mirador-coordinator` links no libtorch at all.
 fn main() {
-    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    println!("cargo:rustc-link-arg=-ltorch");
+    println!("cargo:rustc-link-arg-bin=mirador=-Wl,--no-as-needed");
+    println!("cargo:rustc-link-arg-bin=mirador=-ltorch");
 }

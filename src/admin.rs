@@ -31,7 +31,7 @@ pub enum AdminCommand {
         #[arg(long)]
         node_id: u64,
     },
-    /// Remove a voter from the group.
+    /// Remove a voter or a learner from the group.
     RemoveMember {
         #[arg(long)]
         node_id: u64,
@@ -319,8 +319,14 @@ fn pipeline_json(p: &PipelineInfo) -> Value {
 }
 
 fn render_pipeline(p: &PipelineInfo) -> String {
+    let lags: Vec<u64> = p.assignments.iter().filter_map(|a| a.lag).collect();
+    let lag = if lags.is_empty() {
+        String::new()
+    } else {
+        format!(", lag {}", lags.iter().sum::<u64>())
+    };
     let mut out = format!(
-        "pipeline {} v{}: {} partitions{}{}\n",
+        "pipeline {} v{}: {} partitions{}{}{lag}\n",
         p.name,
         p.version,
         p.partitions,
@@ -354,7 +360,7 @@ fn render_pipeline(p: &PipelineInfo) -> String {
                     a.epoch.to_string(),
                     a.checkpoint.map_or("-".into(), |c| c.to_string()),
                     format!("{:.0}", a.events_per_sec),
-                    a.lag.to_string(),
+                    a.lag.map_or("-".into(), |l| l.to_string()),
                     a.records_in.to_string(),
                     a.dead_lettered.to_string(),
                     a.restarts.to_string(),

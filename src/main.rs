@@ -61,8 +61,13 @@ enum Command {
         services: bool,
     },
     /// A coordinator node: a member of the region's Raft group, serving executors and
-    /// the admin API.
-    Coordinator(cluster::CoordinatorArgs),
+    /// the admin API. Runs the `mirador-coordinator` binary beside this one, which does
+    /// not link libtorch (`mirador coordinator --help` for its settings).
+    #[command(disable_help_flag = true)]
+    Coordinator {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// An executor node: runs the partitions the coordinators assign to it.
     Executor(cluster::ExecutorArgs),
     /// The benchmark pipeline run directly and through a one-node region in this process.
@@ -175,7 +180,30 @@ enum Command {
     },
 }
 
+/// Replaces this process with `mirador-coordinator` from the same folder, so that a
+/// coordinator node never has libtorch loaded. Returns only on failure.
+fn exec_coordinator(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let binary = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("mirador-coordinator"),
+        Err(error) => {
+            eprintln!("error: cannot find this binary's folder: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let error = std::process::Command::new(&binary).args(args).exec();
+    eprintln!(
+        "error: cannot run {}: {error} (it is built with `cargo build --bin mirador-coordinator`)",
+        binary.display()
+    );
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Coordinator { args } = cli.command {
+        return exec_coordinator(args);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("MIRADOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -193,7 +221,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(Cli::parse())) {
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -204,10 +232,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Coordinator(args) => {
-            cluster::run_coordinator(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Coordinator { .. } => unreachable!("run by exec_coordinator"),
         Command::BenchCluster { events, partitions } => {
             cluster::bench_cluster(events, partitions).await?;
             Ok(ExitCode::SUCCESS)

@@ -387,6 +387,15 @@ checkpoint:
         }
     }
 
+    // Caught up, every partition reports its lag behind the topic's high watermark: none.
+    region.wait_for("a lag of 0 everywhere", Duration::from_secs(15), || {
+        let info = describe(&region)?;
+        let assignments = info["assignments"].as_array()?;
+        (assignments.len() == PARTITIONS as usize
+            && assignments.iter().all(|a| a["lag"].as_u64() == Some(0)))
+        .then_some(())
+    });
+
     watching.store(false, Ordering::Relaxed);
     watcher.join().unwrap();
 

@@ -26,4 +26,4 @@ pub use pipeline::{
 pub use record::{Origin, Position, Traced};
 pub use runner::{SourceRunner, StageRunner, StageSlot};
 pub use stage::{ExitStatus, Output, Source, SourceBatch, Stage, StageError};
-pub use stats::{StageSnapshot, StageStats};
+pub use stats::{SourceEnd, StageSnapshot, StageStats};

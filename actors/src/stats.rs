@@ -16,7 +16,29 @@ pub struct StageStats {
     /// Batches tried again because an outside service was unavailable.
     pub retries: AtomicU64,
     pub busy_ns: AtomicU64,
+    /// Where the source's input ends, for a source stage that knows it.
+    pub source_end: Arc<SourceEnd>,
     links: Mutex<StageLinks>,
+}
+
+/// The offset that the next record to arrive at a source will have (a Kafka partition's
+/// high watermark, a bounded generator's last event + 1), set by the source as it learns
+/// it. A partition's lag is this end minus its checkpoint.
+#[derive(Debug, Default)]
+pub struct SourceEnd {
+    /// The end + 1; 0 while unknown.
+    end_plus_one: AtomicU64,
+}
+
+impl SourceEnd {
+    pub fn set(&self, end: u64) {
+        self.end_plus_one
+            .store(end.saturating_add(1), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        self.end_plus_one.load(Ordering::Relaxed).checked_sub(1)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +63,9 @@ pub struct StageSnapshot {
     pub queue_capacity: usize,
     /// Time this stage waited for room downstream: the backpressure it felt.
     pub blocked_ms: u64,
+    /// See [`SourceEnd`]; `None` for other stages and for sources that cannot tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_end: Option<u64>,
 }
 
 impl StageStats {
@@ -79,6 +104,28 @@ impl StageStats {
                 .output
                 .as_ref()
                 .map_or(0, |g| g.blocked_ns.load(Ordering::Relaxed) / 1_000_000),
+            source_end: self.source_end.get(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_end_is_unknown_until_set() {
+        let end = SourceEnd::default();
+        assert_eq!(end.get(), None);
+        end.set(0);
+        assert_eq!(end.get(), Some(0));
+        end.set(1234);
+        assert_eq!(end.get(), Some(1234));
+        end.set(u64::MAX);
+        assert_eq!(
+            end.get(),
+            Some(u64::MAX - 1),
+            "saturates rather than wrapping"
+        );
     }
 }

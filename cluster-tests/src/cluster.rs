@@ -133,6 +133,43 @@ impl Region {
         }
     }
 
+    /// Starts coordinator `id` empty, to join the running group once an operator adds it
+    /// (`mirador admin add-learner`); its address is among the region's from now on.
+    pub fn add_joining_coordinator(&mut self, id: u64) -> String {
+        let address = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "coordinator".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            address.clone(),
+            "--data-dir".into(),
+            self.dir.path().join(format!("c{id}")).display().to_string(),
+            "--join".into(),
+        ];
+        let node = Node::start(
+            &self.binary,
+            &format!("coordinator-{id}"),
+            args,
+            self.dir.path(),
+        );
+        self.coordinators.push(CoordinatorNode {
+            id,
+            address: address.clone(),
+            node,
+        });
+        address
+    }
+
+    pub fn coordinator(&mut self, id: u64) -> &mut Node {
+        &mut self
+            .coordinators
+            .iter_mut()
+            .find(|c| c.id == id)
+            .unwrap_or_else(|| panic!("no coordinator {id}"))
+            .node
+    }
+
     /// The coordinators' addresses, comma-separated.
     pub fn coordinator_list(&self) -> String {
         self.coordinators

@@ -272,15 +272,25 @@ impl Admin for AdminEndpoint {
         self.lead()?;
         let id = request.into_inner().node_id;
         let status = self.raft.status();
+        let Some(member) = status.members.iter().find(|m| m.id == id) else {
+            return Err(invalid(
+                "node_id",
+                format!("{id} is not a member or learner"),
+            ));
+        };
+        if member.role == "learner" {
+            self.raft
+                .remove_learners(BTreeSet::from([id]))
+                .await
+                .map_err(write_error)?;
+            return Ok(Response::new(self.status()));
+        }
         let voters: BTreeSet<u64> = status
             .members
             .iter()
             .filter(|m| m.role != "learner")
             .map(|m| m.id)
             .collect();
-        if !voters.contains(&id) {
-            return Err(invalid("node_id", format!("{id} is not a voter")));
-        }
         if voters.len() == 1 {
             return Err(invalid("node_id", "the last voter cannot be removed"));
         }

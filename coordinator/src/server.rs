@@ -26,6 +26,7 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// The initial voters (node id -> `host:port`), this node included. The group is
     /// initialized by the node with the smallest id when its log is empty; others wait.
+    /// Empty: the node joins a running group when an operator adds it.
     pub members: BTreeMap<u64, String>,
     pub control: ControlConfig,
 }
@@ -41,6 +42,19 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts the node and its gRPC port.
     pub async fn start(
+        config: CoordinatorConfig,
+        validator: Arc<dyn PipelineValidator>,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen: {}: {e}", config.listen))?;
+        Self::start_on(listener, config, validator).await
+    }
+
+    /// Starts the node on a port already bound (`config.listen` is not used): for a
+    /// node on a port picked by the system, with no window in which another takes it.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
         config: CoordinatorConfig,
         validator: Arc<dyn PipelineValidator>,
     ) -> anyhow::Result<Self> {
@@ -62,7 +76,6 @@ impl Coordinator {
             .register_encoded_file_descriptor_set(mirador_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let router = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)

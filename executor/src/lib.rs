@@ -13,7 +13,8 @@ pub mod pipeline;
 pub mod run;
 pub mod sinks;
 pub mod sources;
-pub mod spec;
+/// Pipeline specs, from their own crate (which coordinators share without libtorch).
+pub use mirador_spec as spec;
 
 pub use pipeline::{PartitionFactory, PipelineResources};
 pub use run::{run_pipeline, PipelineRun, RunOptions, RunReport};

@@ -11,7 +11,7 @@ use mirador_actors::{
 };
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
-use crate::connectors::kafka::{partitions_of, KafkaRecord, KafkaSink, KafkaSource};
+use crate::connectors::kafka::{KafkaRecord, KafkaSink, KafkaSource};
 use crate::connectors::pubsub::{PubsubSink, PubsubSource};
 use crate::decode::{DecodeStage, Decoder};
 use crate::enrich::{
@@ -25,6 +25,7 @@ use crate::sinks::{
 };
 use crate::sources::{FileSource, GeneratorSource};
 use crate::spec::{PipelineSpec, SinkSpec, SinkTarget, SourceSpec};
+pub use mirador_spec::partition_count;
 
 /// Stage names, in pipeline order.
 pub const STAGES: [&str; 6] = ["source", "decode", "enrich", "infer", "sink", "dead_letter"];
@@ -193,20 +194,6 @@ impl PipelineResources {
     }
 }
 
-/// How many partitions a pipeline has: its generator partitions or Pub/Sub lanes, or its
-/// Kafka topic's partitions (asked of the brokers).
-pub async fn partition_count(spec: &PipelineSpec) -> anyhow::Result<u32> {
-    Ok(match (&spec.source, spec.partitions()) {
-        (_, Some(partitions)) => partitions,
-        (SourceSpec::Kafka(kafka), None) => {
-            let kafka = kafka.clone();
-            tokio::task::spawn_blocking(move || partitions_of(&kafka, Duration::from_secs(10)))
-                .await??
-        }
-        (_, None) => 1,
-    })
-}
-
 /// Builds the generations of one partition.
 pub struct PartitionFactory {
     resources: Arc<PipelineResources>,
@@ -251,7 +238,13 @@ impl PartitionFactory {
                 self.stats[0].clone(),
             )),
             SourceSpec::Kafka(kafka) => Box::new(SourceRunner::new(
-                KafkaSource::start(kafka, self.partition, batch, tracker.clone())?,
+                KafkaSource::start(
+                    kafka,
+                    self.partition,
+                    batch,
+                    tracker.clone(),
+                    self.stats[0].source_end.clone(),
+                )?,
                 source_tx,
                 self.stats[0].clone(),
             )),
@@ -263,6 +256,7 @@ impl PartitionFactory {
                     max_payload,
                     batch,
                     tracker.clone(),
+                    &self.stats[0].source_end,
                 ),
                 source_tx,
                 self.stats[0].clone(),

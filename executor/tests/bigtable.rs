@@ -41,7 +41,9 @@ async fn features_table(emulator: &BigtableEmulator) -> BigtableSpec {
 
 /// Every cell of a table: row -> (qualifier, timestamp) -> value.
 async fn dump(spec: &BigtableSpec) -> BTreeMap<Vec<u8>, BTreeMap<(Vec<u8>, i64), Vec<u8>>> {
-    let mut client = spec.connect(true).await.unwrap();
+    let mut client = mirador_executor::connectors::bigtable::connect(spec, true)
+        .await
+        .unwrap();
     let rows = client
         .read_rows(ReadRowsRequest {
             table_name: client.get_full_table_name(&spec.table),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::services::{read_topic, KafkaBroker};
+use mirador_actors::{CheckpointTracker, Position, Source, SourceEnd};
 use mirador_cluster_tests::event_id;
+use mirador_executor::connectors::kafka::{KafkaSource, KafkaSourceSpec};
 use mirador_executor::infer::InferencePool;
 use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
@@ -244,4 +246,66 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     assert_eq!(dead_ids, poison_ids, "the dead letter holds the poison");
     let twice = seen.values().filter(|n| **n > 1).count();
     println!("broker down 3 s after {at_kill} events; written twice: {twice}");
+}
+
+/// Produces `count` small records to partition 0 of `topic`.
+async fn produce_records(brokers: &str, topic: &str, count: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for i in 0..count {
+        let payload = format!("record {i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(0)
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("produced");
+    }
+}
+
+/// Waits up to 10 s for `end` to read `want`.
+async fn wait_for_end(end: &SourceEnd, want: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while end.get() != Some(want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the source's end is {:?}, not {want}",
+            end.get()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_knows_the_high_watermark_even_while_the_pipeline_holds_it_back() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("lag", 1);
+    let brokers = broker.brokers();
+    produce_records(&brokers, "lag", 300).await;
+
+    let spec: KafkaSourceSpec =
+        serde_yaml::from_str(&format!("brokers: \"{brokers}\"\ntopic: lag")).unwrap();
+    let end = Arc::new(SourceEnd::default());
+    let tracker = Arc::new(CheckpointTracker::new(Some(Position {
+        partition: 0,
+        offset: 100,
+    })));
+    let mut source = KafkaSource::start(&spec, 0, 50, tracker, end.clone()).unwrap();
+    let first = source.next_batch().await.unwrap().expect("a batch");
+    assert_eq!(
+        first[0].origin.position.offset, 100,
+        "the source resumes at its checkpoint"
+    );
+    wait_for_end(&end, 300).await;
+
+    // Nothing reads the source now: its polling thread waits for room with records in
+    // hand, and still learns that the partition grew.
+    produce_records(&brokers, "lag", 200).await;
+    wait_for_end(&end, 500).await;
+    drop(source);
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::ChildEvent;
 use mirador_actors::{
     link, CheckpointTracker, DeadLetter, LinkReceiver, LinkSender, Origin, Position, ReasonCode,
-    Source, Stage, StageError, StageRunner, StageSlot, StageStats,
+    Source, SourceEnd, Stage, StageError, StageRunner, StageSlot, StageStats,
 };
 use mirador_executor::decode::{DecodeStage, Decoder};
 use mirador_executor::enrich::{
@@ -453,8 +453,10 @@ async fn the_generator_is_deterministic_skewed_and_resumable() {
         let spec = spec.clone();
         async move {
             let tracker = Arc::new(CheckpointTracker::new(committed));
+            let end = SourceEnd::default();
             let mut source =
-                GeneratorSource::new(&spec, 0, PayloadFormat::Json, 65536, 512, tracker);
+                GeneratorSource::new(&spec, 0, PayloadFormat::Json, 65536, 512, tracker, &end);
+            assert_eq!(end.get(), spec.events, "a bounded generator knows its end");
             let mut events = Vec::new();
             while let Some(batch) = source.next_batch().await.unwrap() {
                 for record in batch {

@@ -181,6 +181,16 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Removes learners (nodes that do not vote) from the group. Leader only.
+    pub async fn remove_learners(&self, learners: BTreeSet<NodeId>) -> Result<(), WriteError> {
+        self.bounded(
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(learners), false),
+        )
+        .await??;
+        Ok(())
+    }
+
     /// Commits `command` and returns what applying it produced. Leader only: elsewhere it
     /// fails with [`WriteError::ForwardToLeader`].
     pub async fn write(&self, command: Command) -> Result<Outcome, WriteError> {

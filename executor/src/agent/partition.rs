@@ -141,7 +141,15 @@ impl AssignedPartition {
             records_out: counts.scored,
             dead_lettered: counts.dead_lettered,
             events_per_sec: 0.0,
-            lag: 0,
+            // Against the newest checkpoint here, which the coordinators see soon after.
+            lag: snapshot
+                .stages
+                .first()
+                .and_then(|source| source.source_end)
+                .map(|end| {
+                    let checkpoint = self.latest.borrow().unwrap_or(0);
+                    end.saturating_sub(checkpoint)
+                }),
             stage_restarts: snapshot.stages.iter().map(|s| s.restarts as u32).sum(),
             generation_restarts: snapshot.generation_restarts as u32,
             failed: matches!(snapshot.exit, ExitStatus::Failed(_)),

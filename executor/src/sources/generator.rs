@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
+use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -383,8 +383,12 @@ impl GeneratorSource {
         max_payload_bytes: usize,
         batch_records: usize,
         tracker: Arc<CheckpointTracker>,
+        source_end: &SourceEnd,
     ) -> Self {
         let next = tracker.committed().map_or(0, |p| p.offset);
+        if let Some(events) = spec.events {
+            source_end.set(events);
+        }
         GeneratorSource {
             factory: EventFactory::new(spec, partition, format, max_payload_bytes),
             partition,

@@ -58,7 +58,7 @@ pub async fn load_features(spec: &BigtableSpec, csv: &Path) -> anyhow::Result<us
         .split(',')
         .map(str::trim)
         .collect();
-    let mut client = spec.connect(false).await?;
+    let mut client = super::connect(spec, false).await?;
     let table_name = client.get_full_table_name(&spec.table);
     let mut entries = Vec::new();
     let mut written = 0;

@@ -29,7 +29,7 @@ impl BigtableLookup {
         qualifiers: Vec<String>,
         defaults: Features,
     ) -> anyhow::Result<Self> {
-        let client = spec.connect(true).await?;
+        let client = super::connect(spec, true).await?;
         Ok(BigtableLookup {
             table_name: client.get_full_table_name(&spec.table),
             client,

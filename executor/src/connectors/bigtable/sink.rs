@@ -25,7 +25,7 @@ pub struct BigtableSink {
 
 impl BigtableSink {
     pub async fn connect(spec: &BigtableSpec) -> anyhow::Result<Self> {
-        let client = spec.connect(false).await?;
+        let client = super::connect(spec, false).await?;
         Ok(BigtableSink {
             table_name: client.get_full_table_name(&spec.table),
             client,

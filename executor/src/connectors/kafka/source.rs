@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
+use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -33,31 +33,12 @@ impl ConsumerContext for QuietContext {}
 /// A consumer for `spec`, reporting through [`QuietContext`].
 pub type QuietConsumer = BaseConsumer<QuietContext>;
 
+/// How often the polling thread asks for the partition's high watermark: the end that
+/// the partition's lag is measured against.
+const WATERMARK_EVERY: Duration = Duration::from_secs(1);
+
 /// How long the polling thread gathers messages into one batch.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
-
-/// The partitions of the spec's topic, from the brokers' metadata.
-pub fn partitions_of(spec: &KafkaSourceSpec, timeout: Duration) -> anyhow::Result<u32> {
-    let consumer: QuietConsumer = spec
-        .client_config()
-        .create_with_context(QuietContext)
-        .map_err(|e| anyhow::anyhow!("source.kafka: {e}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(&spec.topic), timeout)
-        .map_err(|e| anyhow::anyhow!("source.kafka: metadata of {}: {e}", spec.topic))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
-    anyhow::ensure!(
-        partitions > 0,
-        "source.kafka.topic: {} has no partitions on {}",
-        spec.topic,
-        spec.brokers
-    );
-    Ok(partitions as u32)
-}
 
 enum Polled {
     /// (offset, payload) in offset order.
@@ -74,12 +55,14 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Starts the polling thread of `partition`, resuming after the tracker's checkpoint.
+    /// Starts the polling thread of `partition`, resuming after the tracker's checkpoint;
+    /// the partition's high watermark goes to `end` as the consumer learns it.
     pub fn start(
         spec: &KafkaSourceSpec,
         partition: u32,
         batch_records: usize,
         tracker: Arc<CheckpointTracker>,
+        end: Arc<SourceEnd>,
     ) -> Result<Self, StageError> {
         let consumer: QuietConsumer = spec
             .client_config()
@@ -108,6 +91,8 @@ impl KafkaSource {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
             },
+            end,
+            watermark_at: None,
         };
         std::thread::Builder::new()
             .name(format!("kafka-{}-{partition}", spec.topic))
@@ -181,6 +166,10 @@ struct Poller {
     partition: u32,
     /// The offset the next message should have, once known.
     expected: Option<i64>,
+    /// The partition's high watermark, for its lag.
+    end: Arc<SourceEnd>,
+    /// When the high watermark was last asked for.
+    watermark_at: Option<Instant>,
 }
 
 impl Poller {
@@ -230,12 +219,59 @@ impl Poller {
                     break;
                 }
             }
-            if !batch.is_empty() && self.tx.send(Polled::Batch(batch)).is_err() {
+            self.refresh_end();
+            if !batch.is_empty() && !self.send(batch) {
                 return;
             }
             if at_end {
                 let _ = self.tx.send(Polled::End);
                 return;
+            }
+        }
+    }
+
+    /// Hands a batch on, waiting for room as long as the source is wanted; the high
+    /// watermark is kept fresh meanwhile, as the lag grows most while the pipeline is
+    /// slow. Returns false once the source is gone.
+    fn send(&mut self, batch: Vec<(i64, Bytes)>) -> bool {
+        let mut polled = Polled::Batch(batch);
+        loop {
+            match self.tx.send_timeout(polled, WATERMARK_EVERY) {
+                Ok(()) => return true,
+                Err(flume::SendTimeoutError::Disconnected(_)) => return false,
+                Err(flume::SendTimeoutError::Timeout(back)) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    polled = back;
+                    self.refresh_end();
+                }
+            }
+        }
+    }
+
+    /// Asks the broker for the partition's high watermark, at most once a
+    /// [`WATERMARK_EVERY`]. A broker that does not answer leaves the last one known.
+    fn refresh_end(&mut self) {
+        if self
+            .watermark_at
+            .is_some_and(|at| at.elapsed() < WATERMARK_EVERY)
+        {
+            return;
+        }
+        self.watermark_at = Some(Instant::now());
+        match self
+            .consumer
+            .fetch_watermarks(&self.topic, self.partition as i32, WATERMARK_EVERY)
+        {
+            Ok((_, high)) => {
+                if let Ok(high) = u64::try_from(high) {
+                    self.end.set(high);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(topic = %self.topic, partition = self.partition, %error,
+                    "kafka high watermark not known");
             }
         }
     }

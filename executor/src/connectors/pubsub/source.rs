@@ -47,7 +47,7 @@ impl PubsubSource {
         batch_records: usize,
         tracker: Arc<CheckpointTracker>,
     ) -> Result<Self, StageError> {
-        let connection = spec.connection();
+        let connection = super::connection(spec.resolved_endpoint());
         let mut builder = Subscriber::builder();
         if let Some(endpoint) = connection.endpoint {
             builder = builder.with_endpoint(endpoint);

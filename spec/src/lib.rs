@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::connectors::bigtable::BigtableSpec;
-pub use crate::connectors::kafka::{KafkaSinkSpec, KafkaSourceSpec};
-pub use crate::connectors::pubsub::{PubsubSinkSpec, PubsubSourceSpec};
+pub mod bigtable;
+pub mod kafka;
+pub mod pubsub;
+
+pub use bigtable::BigtableSpec;
+pub use kafka::{KafkaKey, KafkaSinkSpec, KafkaSourceSpec};
+pub use pubsub::{PubsubSinkSpec, PubsubSourceSpec};
 
 /// A spec error: the field, the bad value, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -776,6 +780,37 @@ fn non_empty_path(field: &str, path: &Path) -> Result<(), SpecError> {
         return Err(SpecError::new(field, "empty path"));
     }
     Ok(())
+}
+
+/// How many partitions a pipeline has: its generator partitions or Pub/Sub lanes, or its
+/// Kafka topic's partitions (asked of the brokers).
+pub async fn partition_count(spec: &PipelineSpec) -> anyhow::Result<u32> {
+    Ok(match (&spec.source, spec.partitions()) {
+        (_, Some(partitions)) => partitions,
+        (SourceSpec::Kafka(kafka), None) => {
+            let kafka = kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                kafka::partitions_of(&kafka, Duration::from_secs(10))
+            })
+            .await??
+        }
+        (_, None) => 1,
+    })
+}
+
+/// A YAML config file into `T` (its defaults when there is no file); errors name the file
+/// and the field.
+pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(
+    path: Option<&Path>,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--config: {}: {e}", path.display()))?;
+    let deserializer = serde_yaml::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
 }
 
 #[cfg(test)]

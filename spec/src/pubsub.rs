@@ -1,7 +1,6 @@
-use google_cloud_auth::credentials::{anonymous, Credentials};
 use serde::Deserialize;
 
-use crate::spec::SpecError;
+use crate::SpecError;
 
 /// A subscription to read, in the pipeline spec. Each lane (one streaming pull) is a
 /// partition of the pipeline.
@@ -128,8 +127,10 @@ impl PubsubSourceSpec {
         )
     }
 
-    pub(super) fn connection(&self) -> Connection {
-        connection(self.endpoint.as_ref())
+    /// The emulator's `http://host:port`, or another endpoint, if any: the spec's
+    /// `endpoint`, else `PUBSUB_EMULATOR_HOST`. `None`: Google Cloud.
+    pub fn resolved_endpoint(&self) -> Option<String> {
+        resolve_endpoint(self.endpoint.as_ref())
     }
 }
 
@@ -147,34 +148,19 @@ impl PubsubSinkSpec {
         format!("projects/{}/topics/{}", self.project, self.topic)
     }
 
-    pub(super) fn connection(&self) -> Connection {
-        connection(self.endpoint.as_ref())
+    /// The emulator's `http://host:port`, or another endpoint, if any: the spec's
+    /// `endpoint`, else `PUBSUB_EMULATOR_HOST`. `None`: Google Cloud.
+    pub fn resolved_endpoint(&self) -> Option<String> {
+        resolve_endpoint(self.endpoint.as_ref())
     }
 }
 
-/// Where to connect and with what credentials.
-pub(super) struct Connection {
-    pub endpoint: Option<String>,
-    /// `None`: application default credentials.
-    pub credentials: Option<Credentials>,
-}
-
-fn connection(endpoint: Option<&String>) -> Connection {
-    let emulator = endpoint.cloned().or_else(|| {
+/// The spec's endpoint, else the `PUBSUB_EMULATOR_HOST` emulator's.
+fn resolve_endpoint(endpoint: Option<&String>) -> Option<String> {
+    endpoint.cloned().or_else(|| {
         std::env::var("PUBSUB_EMULATOR_HOST")
             .ok()
             .filter(|h| !h.is_empty())
             .map(|host| format!("http://{host}"))
-    });
-    match emulator {
-        // An emulator takes no credentials.
-        Some(endpoint) if endpoint.starts_with("http://") => Connection {
-            endpoint: Some(endpoint),
-            credentials: Some(anonymous::Builder::new().build()),
-        },
-        endpoint => Connection {
-            endpoint,
-            credentials: None,
-        },
-    }
+    })
 }

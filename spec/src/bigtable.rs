@@ -1,9 +1,8 @@
 use std::time::Duration;
 
-use bigtable_rs::bigtable::{BigTable, BigTableConnection};
 use serde::Deserialize;
 
-use crate::spec::SpecError;
+use crate::SpecError;
 
 /// A Bigtable table, in the pipeline spec.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -97,31 +96,5 @@ impl BigtableSpec {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
-    }
-
-    /// A client. Connections are made lazily: a store that is down shows on first use.
-    pub async fn connect(&self, read_only: bool) -> anyhow::Result<BigTable> {
-        let connection = match self.emulator() {
-            Some(endpoint) => BigTableConnection::new_with_emulator(
-                &endpoint,
-                &self.project,
-                &self.instance,
-                read_only,
-                self.channels,
-                Some(self.timeout()),
-            ),
-            None => {
-                BigTableConnection::new(
-                    &self.project,
-                    &self.instance,
-                    read_only,
-                    self.channels,
-                    Some(self.timeout()),
-                )
-                .await
-            }
-        }
-        .map_err(|e| anyhow::anyhow!("bigtable {}/{}: {e}", self.instance, self.table))?;
-        Ok(connection.client())
     }
 }

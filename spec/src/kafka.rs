@@ -1,9 +1,11 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
-use crate::spec::SpecError;
+use crate::SpecError;
 
 /// A topic to read, in the pipeline spec. Each of its partitions is a partition of the
 /// pipeline.
@@ -51,7 +53,7 @@ const OWNED: [&str; 5] = [
     "enable.partition.eof",
 ];
 
-pub(super) fn validate(
+fn validate(
     field: &str,
     brokers: &str,
     topic: &str,
@@ -93,7 +95,8 @@ impl KafkaSourceSpec {
         validate(field, &self.brokers, &self.topic, &self.properties)
     }
 
-    pub(super) fn client_config(&self) -> ClientConfig {
+    /// The librdkafka settings of a consumer of this topic.
+    pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -115,7 +118,8 @@ impl KafkaSinkSpec {
         validate(field, &self.brokers, &self.topic, &self.properties)
     }
 
-    pub(super) fn client_config(&self) -> ClientConfig {
+    /// The librdkafka settings of a producer to this topic.
+    pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("linger.ms", "5")
@@ -128,4 +132,27 @@ impl KafkaSinkSpec {
             .set("enable.idempotence", "true");
         config
     }
+}
+
+/// The partitions of the spec's topic, from the brokers' metadata. Blocks.
+pub fn partitions_of(spec: &KafkaSourceSpec, timeout: Duration) -> anyhow::Result<u32> {
+    let consumer: BaseConsumer = spec
+        .client_config()
+        .create()
+        .map_err(|e| anyhow::anyhow!("source.kafka: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(&spec.topic), timeout)
+        .map_err(|e| anyhow::anyhow!("source.kafka: metadata of {}: {e}", spec.topic))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(
+        partitions > 0,
+        "source.kafka.topic: {} has no partitions on {}",
+        spec.topic,
+        spec.brokers
+    );
+    Ok(partitions as u32)
 }

@@ -1,0 +1,180 @@
+//! A coordinator node from a config file and flags (a flag wins over the file): what the
+//! `mirador-coordinator` binary runs. Nothing here links libtorch; pipeline specs are
+//! checked with the executors' own schema from `mirador-spec`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use mirador_spec::{partition_count, DeviceSpec, PipelineSpec};
+use serde::Deserialize;
+
+use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
+use crate::control::ControlConfig;
+use crate::server::{Coordinator, CoordinatorConfig};
+
+/// Checks pipeline specs for the admin API with the executors' own schema, counting a Kafka
+/// topic's partitions on its brokers.
+pub struct SpecValidator;
+
+#[tonic::async_trait]
+impl PipelineValidator for SpecValidator {
+    async fn validate(&self, yaml: &str) -> Result<ValidPipeline, FieldError> {
+        let spec = PipelineSpec::from_yaml(yaml).map_err(|e| FieldError {
+            field: e.field.clone(),
+            message: e.message.clone(),
+        })?;
+        let partitions = partition_count(&spec).await.map_err(|e| FieldError {
+            field: "source".into(),
+            message: format!("cannot count the partitions: {e:#}"),
+        })?;
+        Ok(ValidPipeline {
+            name: spec.name.clone(),
+            partitions,
+            gpu: spec.model.device == DeviceSpec::Cuda,
+        })
+    }
+}
+
+/// `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+fn parse_members(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|pair| {
+            let (id, addr) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("members: {pair:?} is not id=host:port"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("members: {id:?} is not a node id"))?;
+            Ok((id, addr.trim().to_string()))
+        })
+        .collect()
+}
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// A YAML file with any of the settings below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<u64>,
+    /// host:port to listen on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// host:port that others use; default: --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The initial voters: id=host:port,... (this node included). The node with the
+    /// smallest id starts the group when its log is empty; the others wait for it.
+    #[arg(long)]
+    members: Option<String>,
+    /// Join a group that runs already: start empty and wait to be added with
+    /// `mirador admin add-learner` (then `promote`). Excludes --members.
+    #[arg(long)]
+    join: bool,
+    /// Executor lease, ms.
+    #[arg(long)]
+    lease_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorFile {
+    id: Option<u64>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    members: Option<BTreeMap<u64, String>>,
+    join: Option<bool>,
+    lease_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    max_moves: Option<usize>,
+}
+
+pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
+    let file: CoordinatorFile = mirador_spec::read_config_file(args.config.as_deref())?;
+    let node_id = args
+        .id
+        .or(file.id)
+        .ok_or_else(|| anyhow::anyhow!("id: needed (--id or `id:` in --config)"))?;
+    anyhow::ensure!(node_id > 0, "id: must be at least 1");
+    let listen = args
+        .listen
+        .or(file.listen)
+        .ok_or_else(|| anyhow::anyhow!("listen: needed (--listen host:port)"))?;
+    let advertise = args
+        .advertise
+        .or(file.advertise)
+        .unwrap_or_else(|| listen.to_string());
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .ok_or_else(|| anyhow::anyhow!("data_dir: needed (--data-dir)"))?;
+    let members = match args.members {
+        Some(text) => parse_members(&text)?,
+        None => file.members.unwrap_or_default(),
+    };
+    let join = args.join || file.join.unwrap_or(false);
+    let members = if join {
+        anyhow::ensure!(
+            members.is_empty(),
+            "members: a node that joins a running group takes no initial members"
+        );
+        // No initial members: the node never starts a group of its own.
+        members
+    } else if members.is_empty() {
+        BTreeMap::from([(node_id, advertise.clone())])
+    } else {
+        anyhow::ensure!(
+            members.contains_key(&node_id),
+            "members: must include this node ({node_id})"
+        );
+        members
+    };
+    let defaults = ControlConfig::default();
+    let lease = args.lease_ms.or(file.lease_ms).map(Duration::from_millis);
+    let heartbeat = file.heartbeat_ms.map(Duration::from_millis);
+    let control = ControlConfig {
+        lease: lease.unwrap_or(defaults.lease),
+        heartbeat: heartbeat.unwrap_or(defaults.heartbeat),
+        max_moves: file.max_moves.unwrap_or(defaults.max_moves),
+        ..defaults
+    };
+    anyhow::ensure!(
+        control.heartbeat * 3 <= control.lease,
+        "lease_ms: must be at least three heartbeats ({} ms)",
+        control.heartbeat.as_millis() * 3
+    );
+    anyhow::ensure!(control.max_moves >= 1, "max_moves: must be at least 1");
+    Ok(CoordinatorConfig {
+        node_id,
+        listen,
+        advertise,
+        data_dir,
+        members,
+        control,
+    })
+}
+
+/// Runs a coordinator node until ctrl-c.
+pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let config = coordinator_config(args)?;
+    eprintln!(
+        "mirador coordinator {} on {} (initial members {:?}), data in {}",
+        config.node_id,
+        config.advertise,
+        config.members,
+        config.data_dir.display()
+    );
+    let coordinator = Coordinator::start(config, Arc::new(SpecValidator)).await?;
+    tokio::signal::ctrl_c().await?;
+    coordinator.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The admin API of a region of separate processes on loopback: coordinators join and
+//! leave the Raft group through it, and `describe` reports each partition's lag.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mirador_cluster_tests::cluster::Region;
+use serde_json::Value;
+
+/// The binary under test: this build's, or `MIRADOR_BIN` (to measure a release build).
+fn mirador() -> String {
+    std::env::var("MIRADOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirador").to_string())
+}
+
+/// node id -> role, from `admin status`.
+fn roles(region: &Region) -> Option<BTreeMap<u64, String>> {
+    let status = region.admin(&["status"]).ok()?;
+    status["members"]
+        .as_array()?
+        .iter()
+        .map(|m| Some((m["node_id"].as_u64()?, m["role"].as_str()?.to_string())))
+        .collect()
+}
+
+#[test]
+fn coordinators_join_and_leave_the_group_through_the_admin_api() {
+    let binary = mirador();
+    let mut region = Region::start(std::path::Path::new(&binary), 1);
+    region.wait_for("a first leader", Duration::from_secs(20), || {
+        (region.leader() == Some(1)).then_some(())
+    });
+    let address_2 = region.add_joining_coordinator(2);
+    let address_3 = region.add_joining_coordinator(3);
+    let one = BTreeMap::from([(1, "leader".to_string())]);
+    assert_eq!(
+        roles(&region),
+        Some(one.clone()),
+        "joining is not automatic"
+    );
+
+    // Bad requests name their field and change nothing.
+    let refused = |args: &[&str], field: &str| {
+        let error = region.admin(args).unwrap_err();
+        assert!(error.contains(field), "{args:?}: {error}");
+    };
+    refused(
+        &["add-learner", "--node-id", "0", "--address", &address_2],
+        "node_id",
+    );
+    refused(
+        &["add-learner", "--node-id", "2", "--address", "no-port"],
+        "address",
+    );
+    refused(&["promote", "--node-id", "2"], "node_id");
+    refused(&["remove-member", "--node-id", "1"], "node_id");
+    refused(&["remove-member", "--node-id", "7"], "node_id");
+    assert_eq!(
+        roles(&region),
+        Some(one),
+        "refused requests changed nothing"
+    );
+
+    // Two learners copy the log, then vote.
+    for (id, address) in [("2", &address_2), ("3", &address_3)] {
+        region
+            .admin(&["add-learner", "--node-id", id, "--address", address])
+            .unwrap();
+    }
+    let learners = roles(&region).unwrap();
+    assert_eq!(learners.get(&2).map(String::as_str), Some("learner"));
+    assert_eq!(learners.get(&3).map(String::as_str), Some("learner"));
+    for id in ["2", "3"] {
+        region.admin(&["promote", "--node-id", id]).unwrap();
+    }
+    let voters = roles(&region).unwrap();
+    assert_eq!(voters.len(), 3, "{voters:?}");
+    assert!(voters.values().all(|r| r == "leader" || r == "voter"));
+
+    // A pipeline committed now must survive the founder: the joined nodes hold the log.
+    let spec = region.dir.path().join("pipeline.yaml");
+    std::fs::write(&spec, generator_spec(&region, "survivor", 1, 100, None)).unwrap();
+    region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+    region.coordinator(1).kill();
+    let leader = region.wait_for("a leader among the joined", Duration::from_secs(20), || {
+        region.leader().filter(|l| *l != 1)
+    });
+    let pipelines = region.admin(&["pipelines"]).unwrap();
+    assert!(
+        pipelines.to_string().contains("survivor"),
+        "the new leader {leader} has the pipeline: {pipelines}"
+    );
+
+    // The dead founder is removed; two voters remain.
+    region.admin(&["remove-member", "--node-id", "1"]).unwrap();
+    let left = roles(&region).unwrap();
+    assert_eq!(left.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+    // And a learner can be removed as well as a voter.
+    let address_4 = region.add_joining_coordinator(4);
+    region
+        .admin(&["add-learner", "--node-id", "4", "--address", &address_4])
+        .unwrap();
+    region.admin(&["remove-member", "--node-id", "4"]).unwrap();
+    let left = roles(&region).unwrap();
+    assert_eq!(left.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+}
+
+/// A generator pipeline over the bundled features and model, writing nothing but its
+/// dead letter.
+fn generator_spec(
+    region: &Region,
+    name: &str,
+    partitions: u32,
+    events: u64,
+    rate_per_sec: Option<u64>,
+) -> String {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rate = rate_per_sec.map_or(String::new(), |r| format!("\n    rate_per_sec: {r}"));
+    format!(
+        r#"
+name: {name}
+source:
+  generator:
+    events: {events}
+    partitions: {partitions}
+    customers: 1000{rate}
+enrichment:
+  table:
+    path: {features}
+  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
+  on_miss: default
+  defaults: {{recency_days: 365, frequency_30d: 0, monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, churn_risk: 0.5}}
+model:
+  name: propensity
+  version: "1"
+  path: {model}
+sink:
+  "null": {{}}
+dead_letter:
+  file:
+    path: {dead}
+checkpoint:
+  interval_ms: 100
+"#,
+        features = repo.join("examples/features.csv").display(),
+        model = repo.join("models/propensity-v1.pt").display(),
+        dead = region
+            .dir
+            .path()
+            .join(format!("{name}-dead.jsonl"))
+            .display(),
+    )
+}
+
+/// partition -> (lag, checkpoint), for the partitions that report both.
+fn lags(info: &Value) -> BTreeMap<u64, (u64, u64)> {
+    info["assignments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["partition"].as_u64()?,
+                (a["lag"].as_u64()?, a["checkpoint"].as_u64()?),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn describe_reports_how_far_each_partition_is_behind_its_source() {
+    const EVENTS: u64 = 4000;
+    let binary = mirador();
+    let mut region = Region::start(std::path::Path::new(&binary), 1);
+    region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    region.add_executor("e1", 4);
+    // Two partitions of 4000 events each at 800 events/s: about five seconds behind.
+    let spec = region.dir.path().join("slow.yaml");
+    std::fs::write(&spec, generator_spec(&region, "slow", 2, EVENTS, Some(800))).unwrap();
+    region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+
+    // Partway: both partitions have delivered some of their events, not all.
+    let behind = region.wait_for("a partial lag reported", Duration::from_secs(30), || {
+        let lags = lags(&region.admin(&["describe", "slow"]).ok()?);
+        (lags.len() == 2 && lags.values().all(|(lag, _)| (1..EVENTS).contains(lag))).then_some(lags)
+    });
+    for (partition, (lag, checkpoint)) in &behind {
+        assert!(
+            *lag <= EVENTS && *checkpoint < EVENTS,
+            "partition {partition}: lag {lag} at checkpoint {checkpoint}"
+        );
+    }
+    let caught_up = region.wait_for("no lag", Duration::from_secs(60), || {
+        let lags = lags(&region.admin(&["describe", "slow"]).ok()?);
+        (lags.len() == 2 && lags.values().all(|(lag, cp)| *lag == 0 && *cp == EVENTS))
+            .then_some(lags)
+    });
+    println!("lag while behind: {behind:?}; at the end: {caught_up:?}");
+}
