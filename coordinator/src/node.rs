@@ -178,3 +178,79 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     coordinator.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CoordinatorArgs,
+    }
+
+    fn config(flags: &[&str]) -> anyhow::Result<CoordinatorConfig> {
+        let cli = Cli::try_parse_from(
+            std::iter::once("mirador-coordinator").chain(flags.iter().copied()),
+        )?;
+        coordinator_config(cli.args)
+    }
+
+    const BASE: [&str; 6] = [
+        "--id",
+        "2",
+        "--listen",
+        "127.0.0.1:7002",
+        "--data-dir",
+        "/tmp/c2",
+    ];
+
+    #[test]
+    fn a_node_alone_is_its_own_group_and_a_joining_node_has_no_members() {
+        let alone = config(&BASE).unwrap();
+        assert_eq!(
+            alone.members,
+            BTreeMap::from([(2, "127.0.0.1:7002".to_string())])
+        );
+        let joining = config(&[&BASE[..], &["--join"]].concat()).unwrap();
+        assert!(
+            joining.members.is_empty(),
+            "it never starts a group of its own"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let error = |flags: &[&str]| config(flags).unwrap_err().to_string();
+        assert!(error(&BASE[2..]).starts_with("id:"));
+        assert!(error(&["--id", "1", "--data-dir", "/tmp/c"]).starts_with("listen:"));
+        let with = |extra: &[&str]| error(&[&BASE[..], extra].concat());
+        assert!(with(&["--join", "--members", "1=127.0.0.1:7001"]).starts_with("members:"));
+        assert!(with(&["--members", "1=127.0.0.1:7001"]).contains("must include this node"));
+        assert!(with(&["--members", "1:127.0.0.1"]).starts_with("members:"));
+        assert!(with(&["--lease-ms", "500"]).starts_with("lease_ms:"));
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file_and_the_file_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "id: 3\nlisten: 127.0.0.1:7003\ndata_dir: /tmp/c3\njoin: true\nmax_moves: 2\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = config(&["--config", path]).unwrap();
+        assert_eq!(from_file.node_id, 3);
+        assert!(from_file.members.is_empty());
+        assert_eq!(from_file.control.max_moves, 2);
+        let flag_wins = config(&["--config", path, "--id", "4"]).unwrap();
+        assert_eq!(flag_wins.node_id, 4);
+
+        std::fs::write(&file, "id: 3\nlisten_on: 127.0.0.1:7003\n").unwrap();
+        let error = config(&["--config", path]).unwrap_err().to_string();
+        assert!(error.contains("listen_on"), "{error}");
+    }
+}
