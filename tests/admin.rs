@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mirador_cluster_tests::cluster::Region;
+use mirador_cluster_tests::services::{free_port, KafkaBroker};
+use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
 use serde_json::Value;
 
 /// The binary under test: this build's, or `MIRADOR_BIN` (to measure a release build).
@@ -195,4 +200,102 @@ fn describe_reports_how_far_each_partition_is_behind_its_source() {
             .then_some(lags)
     });
     println!("lag while behind: {behind:?}; at the end: {caught_up:?}");
+}
+
+#[test]
+fn describe_reports_a_kafka_partitions_lag_while_its_pipeline_waits() {
+    const PER_PARTITION: u64 = 300;
+    let broker = KafkaBroker::start();
+    broker.create_topic("waiting", 2);
+    let brokers = broker.brokers();
+    let factory = EventFactory::new(
+        &GeneratorSpec {
+            events: None,
+            partitions: 1,
+            customers: 1000,
+            zipf_exponent: 1.1,
+            poison_ratio: 0.0,
+            seed: 3,
+            rate_per_sec: None,
+        },
+        0,
+        PayloadFormat::Json,
+        65536,
+    );
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut payload = Vec::new();
+    for seq in 0..2 * PER_PARTITION {
+        factory.payload(seq, now, &mut payload);
+        let record = BaseRecord::<(), _>::to("waiting")
+            .partition((seq % 2) as i32)
+            .payload(&payload);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let binary = mirador();
+    let mut region = Region::start(std::path::Path::new(&binary), 1);
+    region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    region.add_executor("e1", 4);
+    // The features come from a Bigtable that nobody serves: every lookup fails, the
+    // enrichment waits (`on_lookup_failure: wait`), and nothing is delivered.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = region.dir.path().join("waiting.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+name: waiting
+source:
+  kafka:
+    brokers: "{brokers}"
+    topic: waiting
+enrichment:
+  bigtable:
+    project: test-project
+    instance: test-instance
+    table: features
+    endpoint: 127.0.0.1:{dead_port}
+  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
+model:
+  name: propensity
+  version: "1"
+  path: {model}
+sink:
+  "null": {{}}
+dead_letter:
+  file:
+    path: {dead}
+"#,
+            dead_port = free_port(),
+            model = repo.join("models/propensity-v1.pt").display(),
+            dead = region.dir.path().join("waiting-dead.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+
+    // Nothing is checkpointed, and each partition is its whole topic partition behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = region.admin(&["describe", "waiting"]).unwrap_or_default();
+        let assignments = info["assignments"].as_array().cloned().unwrap_or_default();
+        let behind = assignments.len() == 2
+            && assignments
+                .iter()
+                .all(|a| a["lag"].as_u64() == Some(PER_PARTITION) && a["checkpoint"].is_null());
+        if behind {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "each partition {PER_PARTITION} behind with no checkpoint, not: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -21,23 +21,40 @@ pub struct StageStats {
     links: Mutex<StageLinks>,
 }
 
-/// The offset that the next record to arrive at a source will have (a Kafka partition's
-/// high watermark, a bounded generator's last event + 1), set by the source as it learns
-/// it. A partition's lag is this end minus its checkpoint.
+/// What a source can tell of its input: the offset it started reading at, and the offset
+/// that the next record to arrive will have (for a Kafka partition, the first offset it
+/// found and the high watermark; 0 and the event count for a bounded generator). Set by
+/// the source as it learns them.
 #[derive(Debug, Default)]
 pub struct SourceEnd {
+    first: AtomicU64,
     /// The end + 1; 0 while unknown.
     end_plus_one: AtomicU64,
 }
 
 impl SourceEnd {
-    pub fn set(&self, end: u64) {
+    /// The first offset the source read (records before it are gone from the input).
+    pub fn set_first(&self, first: u64) {
+        self.first.store(first, Ordering::Relaxed);
+    }
+
+    pub fn set_end(&self, end: u64) {
         self.end_plus_one
             .store(end.saturating_add(1), Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> Option<u64> {
+    /// The end, once known.
+    pub fn end(&self) -> Option<u64> {
         self.end_plus_one.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// The records between a partition's checkpoint (none: the start of the input) and
+    /// the end, once the end is known. Records gone from the input are not counted.
+    pub fn lag(&self, checkpoint: Option<u64>) -> Option<u64> {
+        let from = checkpoint
+            .unwrap_or(0)
+            .max(self.first.load(Ordering::Relaxed));
+        self.end().map(|end| end.saturating_sub(from))
     }
 }
 
@@ -63,9 +80,6 @@ pub struct StageSnapshot {
     pub queue_capacity: usize,
     /// Time this stage waited for room downstream: the backpressure it felt.
     pub blocked_ms: u64,
-    /// See [`SourceEnd`]; `None` for other stages and for sources that cannot tell.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_end: Option<u64>,
 }
 
 impl StageStats {
@@ -104,7 +118,6 @@ impl StageStats {
                 .output
                 .as_ref()
                 .map_or(0, |g| g.blocked_ns.load(Ordering::Relaxed) / 1_000_000),
-            source_end: self.source_end.get(),
         }
     }
 }
@@ -114,18 +127,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_source_end_is_unknown_until_set() {
-        let end = SourceEnd::default();
-        assert_eq!(end.get(), None);
-        end.set(0);
-        assert_eq!(end.get(), Some(0));
-        end.set(1234);
-        assert_eq!(end.get(), Some(1234));
-        end.set(u64::MAX);
-        assert_eq!(
-            end.get(),
-            Some(u64::MAX - 1),
-            "saturates rather than wrapping"
-        );
+    fn lag_counts_from_the_checkpoint_or_the_first_record_still_there() {
+        let input = SourceEnd::default();
+        assert_eq!(input.lag(Some(10)), None, "unknown until the source tells");
+        input.set_end(1000);
+        assert_eq!(input.end(), Some(1000));
+        assert_eq!(input.lag(None), Some(1000));
+        assert_eq!(input.lag(Some(400)), Some(600));
+        assert_eq!(input.lag(Some(1000)), Some(0));
+        // Retention removed the first 700: a partition that never checkpointed, or one
+        // whose checkpoint is older, is 300 behind, not more.
+        input.set_first(700);
+        assert_eq!(input.lag(None), Some(300));
+        assert_eq!(input.lag(Some(500)), Some(300));
+        assert_eq!(input.lag(Some(900)), Some(100));
+        // A checkpoint past a stale end is not behind.
+        assert_eq!(input.lag(Some(1200)), Some(0));
     }
 }

@@ -117,11 +117,13 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
         .data_dir
         .or(file.data_dir)
         .ok_or_else(|| anyhow::anyhow!("data_dir: needed (--data-dir)"))?;
-    let members = match args.members {
-        Some(text) => parse_members(&text)?,
-        None => file.members.unwrap_or_default(),
+    // A flag wins over the file: `--members` over the file's `join`, `--join` over its
+    // `members`.
+    let (members, join) = match (args.members, args.join) {
+        (Some(text), join) => (parse_members(&text)?, join),
+        (None, true) => (BTreeMap::new(), true),
+        (None, false) => (file.members.unwrap_or_default(), file.join.unwrap_or(false)),
     };
-    let join = args.join || file.join.unwrap_or(false);
     let members = if join {
         anyhow::ensure!(
             members.is_empty(),
@@ -248,6 +250,23 @@ mod tests {
         assert_eq!(from_file.control.max_moves, 2);
         let flag_wins = config(&["--config", path, "--id", "4"]).unwrap();
         assert_eq!(flag_wins.node_id, 4);
+        let members_win = config(&["--config", path, "--members", "3=127.0.0.1:7003"]).unwrap();
+        assert_eq!(
+            members_win.members.len(),
+            1,
+            "--members overrides the file's join"
+        );
+
+        std::fs::write(
+            &file,
+            "id: 3\nlisten: 127.0.0.1:7003\ndata_dir: /tmp/c3\nmembers: {3: 127.0.0.1:7003}\n",
+        )
+        .unwrap();
+        let join_wins = config(&["--config", path, "--join"]).unwrap();
+        assert!(
+            join_wins.members.is_empty(),
+            "--join overrides the file's members"
+        );
 
         std::fs::write(&file, "id: 3\nlisten_on: 127.0.0.1:7003\n").unwrap();
         let error = config(&["--config", path]).unwrap_err().to_string();

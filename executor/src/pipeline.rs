@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mirador_actors::{
     link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, PipelineSnapshot,
-    SourceRunner, StageError, StageRunner, StageSlot, StageStats,
+    SourceEnd, SourceRunner, StageError, StageRunner, StageSlot, StageStats,
 };
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
@@ -211,6 +211,11 @@ impl PartitionFactory {
             max_batch_attempts,
             stats: STAGES.iter().map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// What the source learns of its input's extent, for the partition's lag.
+    pub fn source_end(&self) -> Arc<SourceEnd> {
+        self.stats[0].source_end.clone()
     }
 
     async fn generation(&self, tracker: Arc<CheckpointTracker>) -> Result<Generation, StageError> {

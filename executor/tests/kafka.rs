@@ -252,6 +252,7 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
 async fn produce_records(brokers: &str, topic: &str, count: usize) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
         .create()
         .unwrap();
     for i in 0..count {
@@ -271,11 +272,11 @@ async fn produce_records(brokers: &str, topic: &str, count: usize) {
 /// Waits up to 10 s for `end` to read `want`.
 async fn wait_for_end(end: &SourceEnd, want: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while end.get() != Some(want) {
+    while end.end() != Some(want) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the source's end is {:?}, not {want}",
-            end.get()
+            end.end()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -456,7 +456,7 @@ async fn the_generator_is_deterministic_skewed_and_resumable() {
             let end = SourceEnd::default();
             let mut source =
                 GeneratorSource::new(&spec, 0, PayloadFormat::Json, 65536, 512, tracker, &end);
-            assert_eq!(end.get(), spec.events, "a bounded generator knows its end");
+            assert_eq!(end.end(), spec.events, "a bounded generator knows its end");
             let mut events = Vec::new();
             while let Some(batch) = source.next_batch().await.unwrap() {
                 for record in batch {

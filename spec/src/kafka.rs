@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
@@ -134,11 +136,27 @@ impl KafkaSinkSpec {
     }
 }
 
+/// A consumer context that reports client errors as warnings, except the end of a
+/// partition, which is news rather than an error (the poll loop handles it).
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
 /// The partitions of the spec's topic, from the brokers' metadata. Blocks.
 pub fn partitions_of(spec: &KafkaSourceSpec, timeout: Duration) -> anyhow::Result<u32> {
-    let consumer: BaseConsumer = spec
+    let consumer: BaseConsumer<QuietContext> = spec
         .client_config()
-        .create()
+        .create_with_context(QuietContext)
         .map_err(|e| anyhow::anyhow!("source.kafka: {e}"))?;
     let metadata = consumer
         .fetch_metadata(Some(&spec.topic), timeout)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mirador_actors::{
     CheckpointStore, ExitStatus, PipelineArgs, PipelineHandle, PipelineSnapshot, Position,
-    RestartPolicy,
+    RestartPolicy, SourceEnd,
 };
 use mirador_proto::coordinator::executor_service_client::ExecutorServiceClient;
 use mirador_proto::coordinator::{CommitRequest, PartitionProgress};
@@ -56,6 +56,8 @@ pub struct AssignedPartition {
     committer: tokio::task::JoinHandle<()>,
     /// From the assignment's arrival to the pipeline running.
     pub start_pause: Duration,
+    /// The extent of the source's input, for the lag.
+    source_end: Arc<SourceEnd>,
 }
 
 impl AssignedPartition {
@@ -78,6 +80,7 @@ impl AssignedPartition {
         };
         let factory =
             PartitionFactory::new(resources.clone(), id.partition, policy.max_batch_attempts);
+        let source_end = factory.source_end();
         let handle = PipelineHandle::spawn(PipelineArgs {
             name: id.pipeline.clone(),
             partition: id.partition,
@@ -106,6 +109,7 @@ impl AssignedPartition {
             fenced,
             committer,
             start_pause: received.elapsed(),
+            source_end,
         })
     }
 
@@ -142,14 +146,7 @@ impl AssignedPartition {
             dead_lettered: counts.dead_lettered,
             events_per_sec: 0.0,
             // Against the newest checkpoint here, which the coordinators see soon after.
-            lag: snapshot
-                .stages
-                .first()
-                .and_then(|source| source.source_end)
-                .map(|end| {
-                    let checkpoint = self.latest.borrow().unwrap_or(0);
-                    end.saturating_sub(checkpoint)
-                }),
+            lag: self.source_end.lag(*self.latest.borrow()),
             stage_restarts: snapshot.stages.iter().map(|s| s.restarts as u32).sum(),
             generation_restarts: snapshot.generation_restarts as u32,
             failed: matches!(snapshot.exit, ExitStatus::Failed(_)),

@@ -387,7 +387,7 @@ impl GeneratorSource {
     ) -> Self {
         let next = tracker.committed().map_or(0, |p| p.offset);
         if let Some(events) = spec.events {
-            source_end.set(events);
+            source_end.set_end(events);
         }
         GeneratorSource {
             factory: EventFactory::new(spec, partition, format, max_payload_bytes),

@@ -9,6 +9,8 @@ use bigtable_rs::bigtable::{BigTable, BigTableConnection};
 
 pub use admin::{create_table, load_features};
 pub use lookup::BigtableLookup;
+// The spec types live in `mirador-spec`, so that coordinators check specs without
+// linking libtorch.
 pub use mirador_spec::bigtable::BigtableSpec;
 pub use sink::BigtableSink;
 

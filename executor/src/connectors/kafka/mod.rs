@@ -4,6 +4,10 @@
 mod sink;
 mod source;
 
-pub use mirador_spec::kafka::{partitions_of, KafkaKey, KafkaSinkSpec, KafkaSourceSpec};
+// The spec types live in `mirador-spec`, so that coordinators check specs without
+// linking libtorch.
+pub use mirador_spec::kafka::{
+    partitions_of, KafkaKey, KafkaSinkSpec, KafkaSourceSpec, QuietContext,
+};
 pub use sink::{produce, KafkaRecord, KafkaSink};
-pub use source::{KafkaSource, QuietConsumer, QuietContext};
+pub use source::{KafkaSource, QuietConsumer};

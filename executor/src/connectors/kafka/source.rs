@@ -6,36 +6,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use mirador_spec::kafka::QuietContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::KafkaSourceSpec;
 use crate::event::RawRecord;
 
-/// A consumer context that reports client errors as warnings, except the end of a
-/// partition, which is news rather than an error (the poll loop handles it).
-pub struct QuietContext;
-
-impl ClientContext for QuietContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
-        if !end_of_partition {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for QuietContext {}
-
 /// A consumer for `spec`, reporting through [`QuietContext`].
 pub type QuietConsumer = BaseConsumer<QuietContext>;
 
-/// How often the polling thread asks for the partition's high watermark: the end that
-/// the partition's lag is measured against.
+/// How often the polling thread asks for the partition's high watermark: the end that the
+/// partition's lag is measured against.
 const WATERMARK_EVERY: Duration = Duration::from_secs(1);
+/// How long it waits for it: the thread polls nothing meanwhile.
+const WATERMARK_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// How long the polling thread gathers messages into one batch.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
@@ -186,10 +172,15 @@ impl Poller {
                         failures = 0;
                         // Gaps are legal (compaction, transaction markers) but worth
                         // saying: a broker that skips records shows here.
-                        if let Some(expected) = self.expected.filter(|e| message.offset() > *e) {
-                            tracing::warn!(topic = %self.topic, partition = self.partition,
-                                from = expected, to = message.offset() - 1,
-                                "kafka partition skipped offsets");
+                        match self.expected {
+                            Some(expected) if message.offset() > expected => {
+                                tracing::warn!(topic = %self.topic, partition = self.partition,
+                                    from = expected, to = message.offset() - 1,
+                                    "kafka partition skipped offsets");
+                            }
+                            Some(_) => {}
+                            // From the beginning: where the log starts now.
+                            None => self.end.set_first(message.offset().max(0) as u64),
                         }
                         self.expected = Some(message.offset() + 1);
                         let payload = message
@@ -250,8 +241,10 @@ impl Poller {
         }
     }
 
-    /// Asks the broker for the partition's high watermark, at most once a
-    /// [`WATERMARK_EVERY`]. A broker that does not answer leaves the last one known.
+    /// Asks the broker for the partition's high watermark, at most once a [`WATERMARK_EVERY`]
+    /// counted from the last answer or timeout, so that a slow broker cannot take more
+    /// than a fifth of the thread's time. A broker that does not answer leaves the last
+    /// one known.
     fn refresh_end(&mut self) {
         if self
             .watermark_at
@@ -259,14 +252,18 @@ impl Poller {
         {
             return;
         }
+        let watermarks =
+            self.consumer
+                .fetch_watermarks(&self.topic, self.partition as i32, WATERMARK_TIMEOUT);
         self.watermark_at = Some(Instant::now());
-        match self
-            .consumer
-            .fetch_watermarks(&self.topic, self.partition as i32, WATERMARK_EVERY)
-        {
+        match watermarks {
+            // The log reaches at least past what was read: tansu 0.6.0 answers the base
+            // offset of the last record batch + 1 as the high watermark. The low watermark
+            // is not used either; the first record read says where the log starts.
             Ok((_, high)) => {
-                if let Ok(high) = u64::try_from(high) {
-                    self.end.set(high);
+                let read = self.expected.unwrap_or(0);
+                if let Ok(high) = u64::try_from(high.max(read)) {
+                    self.end.set_end(high);
                 }
             }
             Err(error) => {

@@ -8,6 +8,8 @@ mod source;
 use google_cloud_auth::credentials::{anonymous, Credentials};
 
 pub use admin::{create_subscription, create_topic, publish};
+// The spec types live in `mirador-spec`, so that coordinators check specs without
+// linking libtorch.
 pub use mirador_spec::pubsub::{PubsubSinkSpec, PubsubSourceSpec};
 pub use sink::PubsubSink;
 pub use source::PubsubSource;
