@@ -4,6 +4,7 @@
 mod admin;
 mod cluster;
 mod demo;
+mod entry;
 
 // Records are allocated on one thread and freed on another at high rates, which glibc's
 // allocator handles poorly.
@@ -204,30 +205,7 @@ fn main() -> ExitCode {
     if let Command::Coordinator { args } = cli.command {
         return exec_coordinator(args);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRADOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    entry::run(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

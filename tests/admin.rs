@@ -1,9 +1,12 @@
 //! The admin API of a region of separate processes on loopback: coordinators join and
 //! leave the Raft group through it, and `describe` reports each partition's lag.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::services::{free_port, KafkaBroker};
 use mirador_executor::sources::generator::EventFactory;
@@ -11,11 +14,6 @@ use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use serde_json::Value;
-
-/// The binary under test: this build's, or `MIRADOR_BIN` (to measure a release build).
-fn mirador() -> String {
-    std::env::var("MIRADOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirador").to_string())
-}
 
 /// node id -> role, from `admin status`.
 fn roles(region: &Region) -> Option<BTreeMap<u64, String>> {
@@ -109,28 +107,17 @@ fn coordinators_join_and_leave_the_group_through_the_admin_api() {
     assert_eq!(left.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
 }
 
-/// A generator pipeline over the bundled features and model, writing nothing but its
-/// dead letter.
-fn generator_spec(
-    region: &Region,
-    name: &str,
-    partitions: u32,
-    events: u64,
-    rate_per_sec: Option<u64>,
-) -> String {
+/// A pipeline over the bundled model from `source` with features from `lookup` (YAML
+/// blocks indented by two spaces), writing nothing but its dead letter.
+fn spec_yaml(region: &Region, name: &str, source: &str, lookup: &str) -> String {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rate = rate_per_sec.map_or(String::new(), |r| format!("\n    rate_per_sec: {r}"));
     format!(
         r#"
 name: {name}
 source:
-  generator:
-    events: {events}
-    partitions: {partitions}
-    customers: 1000{rate}
+{source}
 enrichment:
-  table:
-    path: {features}
+{lookup}
   features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
   on_miss: default
   defaults: {{recency_days: 365, frequency_30d: 0, monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, churn_risk: 0.5}}
@@ -146,7 +133,6 @@ dead_letter:
 checkpoint:
   interval_ms: 100
 "#,
-        features = repo.join("examples/features.csv").display(),
         model = repo.join("models/propensity-v1.pt").display(),
         dead = region
             .dir
@@ -154,6 +140,26 @@ checkpoint:
             .join(format!("{name}-dead.jsonl"))
             .display(),
     )
+}
+
+/// A generator pipeline with the bundled feature table.
+fn generator_spec(
+    region: &Region,
+    name: &str,
+    partitions: u32,
+    events: u64,
+    rate_per_sec: Option<u64>,
+) -> String {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rate = rate_per_sec.map_or(String::new(), |r| format!("\n    rate_per_sec: {r}"));
+    let source = format!(
+        "  generator:\n    events: {events}\n    partitions: {partitions}\n    customers: 1000{rate}"
+    );
+    let lookup = format!(
+        "  table:\n    path: {}",
+        repo.join("examples/features.csv").display()
+    );
+    spec_yaml(region, name, &source, &lookup)
 }
 
 /// partition -> (lag, checkpoint), for the partitions that report both.
@@ -244,40 +250,13 @@ fn describe_reports_a_kafka_partitions_lag_while_its_pipeline_waits() {
     region.add_executor("e1", 4);
     // The features come from a Bigtable that nobody serves: every lookup fails, the
     // enrichment waits (`on_lookup_failure: wait`), and nothing is delivered.
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let spec = region.dir.path().join("waiting.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"
-name: waiting
-source:
-  kafka:
-    brokers: "{brokers}"
-    topic: waiting
-enrichment:
-  bigtable:
-    project: test-project
-    instance: test-instance
-    table: features
-    endpoint: 127.0.0.1:{dead_port}
-  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-sink:
-  "null": {{}}
-dead_letter:
-  file:
-    path: {dead}
-"#,
-            dead_port = free_port(),
-            model = repo.join("models/propensity-v1.pt").display(),
-            dead = region.dir.path().join("waiting-dead.jsonl").display(),
-        ),
-    )
-    .unwrap();
+    let source = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: waiting");
+    let lookup = format!(
+        "  bigtable:\n    project: test-project\n    instance: test-instance\n    table: features\n    endpoint: 127.0.0.1:{}",
+        free_port()
+    );
+    std::fs::write(&spec, spec_yaml(&region, "waiting", &source, &lookup)).unwrap();
     region.admin(&["create", spec.to_str().unwrap()]).unwrap();
 
     // Nothing is checkpointed, and each partition is its whole topic partition behind.

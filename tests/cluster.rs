@@ -4,11 +4,14 @@
 //! input event reaches the sink or the dead letter; throughout, a partition has one owner
 //! per epoch and no checkpoint moves backwards. Prints the recovery figures.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::event_id;
 use mirador_cluster_tests::services::{read_topic, KafkaBroker};
@@ -18,10 +21,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 
-/// The binary under test: this build's, or `MIRADOR_BIN` (to measure a release build).
-fn mirador() -> String {
-    std::env::var("MIRADOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mirador").to_string())
-}
 const PARTITIONS: u32 = 12;
 const PIPELINE: &str = "cluster";
 
@@ -290,13 +289,7 @@ checkpoint:
     std::thread::sleep(Duration::from_millis(300));
     let killed = first_leader;
     let killed_at = Instant::now();
-    region
-        .coordinators
-        .iter_mut()
-        .find(|c| c.id == killed)
-        .unwrap()
-        .node
-        .kill();
+    region.coordinator(killed).kill();
     let new_leader = region.wait_for("a new leader", Duration::from_secs(20), || {
         region.leader().filter(|l| *l != killed)
     });
@@ -305,13 +298,7 @@ checkpoint:
     println!(
         "leader {killed} killed during a rebalance: leader {new_leader} after {leader_after:?}"
     );
-    region
-        .coordinators
-        .iter_mut()
-        .find(|c| c.id == killed)
-        .unwrap()
-        .node
-        .restart();
+    region.coordinator(killed).restart();
 
     // 2. An executor killed: its partitions go elsewhere once its lease expires.
     let before = owners(&describe(&region).unwrap()).unwrap();

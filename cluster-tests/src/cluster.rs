@@ -87,6 +87,24 @@ pub struct CoordinatorNode {
     pub node: Node,
 }
 
+impl CoordinatorNode {
+    /// `mirador coordinator` number `id` on `address`, with its data in `dir/c<id>`.
+    fn start(binary: &Path, dir: &Path, id: u64, address: String, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "coordinator".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            address.clone(),
+            "--data-dir".into(),
+            dir.join(format!("c{id}")).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let node = Node::start(binary, &format!("coordinator-{id}"), args, dir);
+        CoordinatorNode { id, address, node }
+    }
+}
+
 /// Coordinators and executors on loopback, in a scratch directory.
 pub struct Region {
     binary: PathBuf,
@@ -110,19 +128,7 @@ impl Region {
         let coordinators = addresses
             .into_iter()
             .map(|(id, address)| {
-                let args = vec![
-                    "coordinator".to_string(),
-                    "--id".into(),
-                    id.to_string(),
-                    "--listen".into(),
-                    address.clone(),
-                    "--data-dir".into(),
-                    dir.path().join(format!("c{id}")).display().to_string(),
-                    "--members".into(),
-                    members.clone(),
-                ];
-                let node = Node::start(binary, &format!("coordinator-{id}"), args, dir.path());
-                CoordinatorNode { id, address, node }
+                CoordinatorNode::start(binary, dir.path(), id, address, &["--members", &members])
             })
             .collect();
         Region {
@@ -137,27 +143,14 @@ impl Region {
     /// (`mirador admin add-learner`); its address is among the region's from now on.
     pub fn add_joining_coordinator(&mut self, id: u64) -> String {
         let address = format!("127.0.0.1:{}", free_port());
-        let args = vec![
-            "coordinator".to_string(),
-            "--id".into(),
-            id.to_string(),
-            "--listen".into(),
-            address.clone(),
-            "--data-dir".into(),
-            self.dir.path().join(format!("c{id}")).display().to_string(),
-            "--join".into(),
-        ];
-        let node = Node::start(
+        let node = CoordinatorNode::start(
             &self.binary,
-            &format!("coordinator-{id}"),
-            args,
             self.dir.path(),
-        );
-        self.coordinators.push(CoordinatorNode {
             id,
-            address: address.clone(),
-            node,
-        });
+            address.clone(),
+            &["--join"],
+        );
+        self.coordinators.push(node);
         address
     }
 

@@ -50,6 +50,10 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
 }
 
+fn not_a_member(id: u64) -> Status {
+    invalid("node_id", format!("{id} is not a member or learner"))
+}
+
 fn valid_name(field: &str, name: &str) -> Result<(), Status> {
     if name.is_empty() {
         return Err(invalid(field, "must not be empty"));
@@ -245,18 +249,10 @@ impl Admin for AdminEndpoint {
         self.lead()?;
         let id = request.into_inner().node_id;
         let status = self.raft.status();
-        if !status.members.iter().any(|m| m.id == id) {
-            return Err(invalid(
-                "node_id",
-                format!("{id} is not a member or learner"),
-            ));
+        if status.member(id).is_none() {
+            return Err(not_a_member(id));
         }
-        let mut voters: BTreeSet<u64> = status
-            .members
-            .iter()
-            .filter(|m| m.role != "learner")
-            .map(|m| m.id)
-            .collect();
+        let mut voters = status.voters();
         voters.insert(id);
         self.raft
             .change_membership(voters)
@@ -272,12 +268,7 @@ impl Admin for AdminEndpoint {
         self.lead()?;
         let id = request.into_inner().node_id;
         let status = self.raft.status();
-        let Some(member) = status.members.iter().find(|m| m.id == id) else {
-            return Err(invalid(
-                "node_id",
-                format!("{id} is not a member or learner"),
-            ));
-        };
+        let member = status.member(id).ok_or_else(|| not_a_member(id))?;
         if member.role == "learner" {
             self.raft
                 .remove_learners(BTreeSet::from([id]))
@@ -285,16 +276,11 @@ impl Admin for AdminEndpoint {
                 .map_err(write_error)?;
             return Ok(Response::new(self.status()));
         }
-        let voters: BTreeSet<u64> = status
-            .members
-            .iter()
-            .filter(|m| m.role != "learner")
-            .map(|m| m.id)
-            .collect();
+        let mut voters = status.voters();
         if voters.len() == 1 {
             return Err(invalid("node_id", "the last voter cannot be removed"));
         }
-        let voters = voters.into_iter().filter(|v| *v != id).collect();
+        voters.remove(&id);
         self.raft
             .change_membership(voters)
             .await

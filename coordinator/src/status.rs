@@ -1,6 +1,6 @@
 //! One mapping from coordinator errors to gRPC codes, for every service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mirador_proto::leader::not_leader;
 use openraft::ServerState;
@@ -26,6 +26,21 @@ pub struct GroupStatus {
     pub term: u64,
     pub last_applied: u64,
     pub members: Vec<MemberStatus>,
+}
+
+impl GroupStatus {
+    pub fn member(&self, id: u64) -> Option<&MemberStatus> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The members that vote, the leader included.
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.role != "learner")
+            .map(|m| m.id)
+            .collect()
+    }
 }
 
 impl RaftNode {

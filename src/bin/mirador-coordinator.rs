@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use mirador_coordinator::node::{self, CoordinatorArgs};
 
+// Logging, the runtime and errors, as the `mirador` binary has them.
+#[path = "../entry.rs"]
+mod entry;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mirador-coordinator",
@@ -20,28 +24,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRADOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(node::run(cli.args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    entry::run(async {
+        node::run(cli.args).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -10,6 +10,12 @@ use serde_json::Value;
 
 pub const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
 
+/// The binary under test for a region: this build's, or `MIRADOR_BIN` (to measure a
+/// release build).
+pub fn mirador() -> String {
+    std::env::var("MIRADOR_BIN").unwrap_or_else(|_| MIRADOR.to_string())
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
