@@ -8,13 +8,15 @@ CACHE ?= $(HOME)/.cache/mirador
 VENV ?= $(CACHE)/venv
 TORCH_VERSION := 2.11.0
 TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+# A fixed path to torch's libraries, made with the environment: the library path is known
+# before the environment exists, so the first run on a fresh machine finds them (a
+# `$(wildcard)` would be evaluated, and cached by make, before the venv is created).
+TORCH_LIB := $(VENV)/torch-lib
 
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
-# Resolved when a recipe runs, once the environment exists.
-TORCH_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/torch/lib))
-export LD_LIBRARY_PATH = $(TORCH_LIB)
+export LD_LIBRARY_PATH := $(TORCH_LIB)
 
 MIRADOR := $(CARGO_TARGET_DIR)/release/mirador
 # A Kafka-protocol broker for the tests and `make services`, built once into the cache.
@@ -25,7 +27,7 @@ TANSU := $(TANSU_DIR)/bin/tansu
 
 .PHONY: services services-down tansu toolchain setup demo test verify fmt-check clippy fix bench build model clean-out
 
-setup: toolchain $(TORCH_STAMP)
+setup: toolchain $(TORCH_STAMP) $(TORCH_LIB)
 
 # gcc/g++ build libtorch's C++ bindings; the venv needs python3 with venv and pip.
 toolchain:
@@ -44,6 +46,10 @@ $(TORCH_STAMP):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	touch $@
+
+$(TORCH_LIB): $(TORCH_STAMP)
+	ln -sfn "$$($(VENV)/bin/python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" $@
+	test -e $@/libtorch_cpu.so
 
 $(TANSU):
 	@echo "building the tansu Kafka broker $(TANSU_VERSION) into $(TANSU_DIR) (15 to 20 minutes, once)"
