@@ -48,7 +48,7 @@ $(TORCH_STAMP):
 	touch $@
 
 $(TORCH_LIB): $(TORCH_STAMP)
-	ln -sfn "$$($(VENV)/bin/python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" $@
+	ln -sfn "$$($(VENV)/bin/python3 -W ignore -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" $@
 	test -e $@/libtorch_cpu.so
 
 $(TANSU):

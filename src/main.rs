@@ -2,6 +2,7 @@
 //! nodes of a cluster (coordinator, executor) with its admin client.
 
 mod admin;
+mod bench;
 mod cluster;
 mod demo;
 mod entry;
@@ -15,9 +16,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bench::connectors::{run_connector_bench, ConnectorBenchOptions};
+use bench::{run_bench, BenchOptions};
 use clap::{Parser, Subcommand};
-use mirador_executor::bench::{run_bench, BenchOptions};
-use mirador_executor::bench_connectors::{run_connector_bench, ConnectorBenchOptions};
 use mirador_executor::connectors::bigtable::{create_table, load_features, BigtableSpec};
 use mirador_executor::connectors::kafka::produce;
 use mirador_executor::connectors::pubsub::publish;
@@ -306,11 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 (_, _, Some(topic)) => {
                     let endpoint = pubsub_endpoint
-                        .or_else(|| {
-                            std::env::var("PUBSUB_EMULATOR_HOST")
-                                .ok()
-                                .map(|host| format!("http://{host}"))
-                        })
+                        .or_else(mirador_executor::spec::pubsub::emulator_from_env)
                         .ok_or_else(|| {
                             anyhow::anyhow!("--pubsub-endpoint: needed (or PUBSUB_EMULATOR_HOST)")
                         })?;

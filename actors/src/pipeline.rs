@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use mirador_proto::retry::Backoff;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -19,6 +20,10 @@ use crate::record::Position;
 use crate::runner::StageSlot;
 use crate::stage::{ExitStatus, StageError};
 use crate::stats::{StageSnapshot, StageStats};
+
+/// Where a generation's source is in [`Generation::slots`]: it comes first, and stopping a
+/// pipeline starts there.
+const SOURCE: usize = 0;
 
 /// The stages of one generation, the source first.
 pub struct Generation {
@@ -274,13 +279,13 @@ impl Actor for PartitionPipeline {
                 if let Some((id, cell)) = state
                     .cells
                     .iter()
-                    .find(|(_, (index, _))| *index == 0)
+                    .find(|(_, (index, _))| *index == SOURCE)
                     .map(|(id, (_, cell))| (*id, cell.clone()))
                 {
-                    state.slots[0].close_outputs();
+                    state.slots[SOURCE].close_outputs();
                     let _ = cell.kill_and_wait(Some(Duration::from_secs(5))).await;
                     state.cells.remove(&id);
-                    state.finished[0] = true;
+                    state.finished[SOURCE] = true;
                     state.finish_if_done(&myself);
                 }
             }
@@ -434,6 +439,5 @@ impl PipelineState {
 }
 
 fn backoff(policy: &RestartPolicy, failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    (policy.backoff_initial * factor).min(policy.backoff_max)
+    Backoff::new(policy.backoff_initial, policy.backoff_max).delay(failures.saturating_sub(1))
 }

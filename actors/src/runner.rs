@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use mirador_proto::retry::Backoff;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
 use crate::dead_letter::{DeadLetter, ReasonCode};
@@ -19,8 +20,8 @@ use crate::record::Traced;
 use crate::stage::{Output, Source, Stage, StageError};
 use crate::stats::StageStats;
 
-const UNAVAILABLE_BACKOFF_INITIAL: Duration = Duration::from_millis(20);
-const UNAVAILABLE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Between attempts at a batch while an outside service is unavailable.
+const UNAVAILABLE_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(5));
 
 /// One stage of a generation, as the supervisor sees it: something it can (re)spawn.
 pub trait StageSlot: Send + Sync + 'static {
@@ -201,7 +202,7 @@ impl<S: Stage> StageState<S> {
                 out.reject(name, record.origin(), ReasonCode::StageFailed, &message);
             }
         } else {
-            let mut backoff = UNAVAILABLE_BACKOFF_INITIAL;
+            let mut attempts = UNAVAILABLE_RETRY.attempts();
             loop {
                 match self.stage.handle(&inflight.batch, &mut out).await {
                     Ok(()) => break,
@@ -210,11 +211,11 @@ impl<S: Stage> StageState<S> {
                     // and the restart budget is kept for real faults.
                     Err(StageError::Unavailable { service, message }) => {
                         shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        let backoff = attempts.next_delay();
                         tracing::warn!(stage = name, service, %message, ?backoff,
                             "service unavailable, retrying the batch");
                         out = Output::with_capacity(inflight.batch.len());
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(UNAVAILABLE_BACKOFF_MAX);
                     }
                     Err(error) => return Err(error),
                 }

@@ -26,12 +26,7 @@ pub struct ValidPipeline {
     pub gpu: bool,
 }
 
-/// A spec refused, with the field at fault.
-#[derive(Clone, Debug)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use mirador_spec::FieldError;
 
 /// Checks a pipeline spec. The coordinators do not know the spec's schema (it belongs to
 /// the executors, which link the connectors and libtorch); the binary passes one in.
@@ -47,7 +42,7 @@ pub struct AdminEndpoint {
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
+    crate::status::invalid(&FieldError::new(field, message.to_string()))
 }
 
 fn not_a_member(id: u64) -> Status {

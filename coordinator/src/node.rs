@@ -23,13 +23,9 @@ pub struct SpecValidator;
 #[tonic::async_trait]
 impl PipelineValidator for SpecValidator {
     async fn validate(&self, yaml: &str) -> Result<ValidPipeline, FieldError> {
-        let spec = PipelineSpec::from_yaml(yaml).map_err(|e| FieldError {
-            field: e.field.clone(),
-            message: e.message.clone(),
-        })?;
-        let partitions = partition_count(&spec).await.map_err(|e| FieldError {
-            field: "source".into(),
-            message: format!("cannot count the partitions: {e:#}"),
+        let spec = PipelineSpec::from_yaml(yaml)?;
+        let partitions = partition_count(&spec).await.map_err(|e| {
+            FieldError::new("source", format!("cannot count the partitions: {e:#}"))
         })?;
         Ok(ValidPipeline {
             name: spec.name.clone(),

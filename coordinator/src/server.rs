@@ -76,7 +76,7 @@ impl Coordinator {
             .register_encoded_file_descriptor_set(mirador_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let router = tonic::transport::Server::builder()
+        let router = mirador_proto::transport::server()
             .add_service(health)
             .add_service(reflection)
             .add_service(raft.grpc_service())
@@ -113,6 +113,74 @@ impl Coordinator {
     pub async fn shutdown(self) {
         self.control.abort();
         self.server.abort();
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}
+
+/// A one-node coordinator with no port: its services are objects that tests call
+/// directly (the executor agent through `InProcessCoordinators`).
+#[cfg(any(test, feature = "testing"))]
+pub struct InProcessCoordinator {
+    pub raft: Arc<RaftNode>,
+    pub executors: Arc<ExecutorEndpoint>,
+    pub admin: Arc<AdminEndpoint>,
+    control: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl InProcessCoordinator {
+    /// Starts node 1 on `data_dir`, a group of its own, and waits until it leads.
+    pub async fn start(
+        data_dir: &std::path::Path,
+        control: ControlConfig,
+        validator: Arc<dyn PipelineValidator>,
+    ) -> anyhow::Result<Self> {
+        let router = crate::raft::testing::Router::new();
+        let raft = Arc::new(
+            RaftNode::start(
+                1,
+                "in-process",
+                data_dir,
+                &RaftConfig::default(),
+                router.network(1),
+            )
+            .await?,
+        );
+        router.add(1, raft.raft().clone());
+        raft.initialize_if_new(BTreeMap::from([(1, "in-process".to_string())]))
+            .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !raft.is_leader() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the in-process coordinator did not become leader"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let observations = Observations::default();
+        let executors = Arc::new(ExecutorEndpoint::new(
+            raft.clone(),
+            observations.clone(),
+            control.clone(),
+        ));
+        let admin = Arc::new(AdminEndpoint::new(
+            raft.clone(),
+            observations.clone(),
+            validator,
+        ));
+        let control = tokio::spawn(control_loop(raft.clone(), observations, control));
+        Ok(InProcessCoordinator {
+            raft,
+            executors,
+            admin,
+            control,
+        })
+    }
+
+    pub async fn shutdown(self) {
+        self.control.abort();
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use mirador_spec::FieldError;
 use serde::{Deserialize, Serialize};
 
 /// An executor node, as it registered.
@@ -199,8 +200,8 @@ pub enum Refusal {
         given: u64,
         current: u64,
     },
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Invalid(FieldError),
 }
 
 impl ClusterState {
@@ -264,10 +265,10 @@ impl ClusterState {
                 gpu,
             } => {
                 if *partitions == 0 {
-                    return Err(Refusal::Invalid {
-                        field: "partitions".into(),
-                        message: "must be at least 1".into(),
-                    });
+                    return Err(Refusal::Invalid(FieldError::new(
+                        "partitions",
+                        "must be at least 1",
+                    )));
                 }
                 let (version, paused) = match self.pipelines.get(name) {
                     Some(p) => (p.version + 1, p.paused),

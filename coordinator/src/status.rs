@@ -6,6 +6,7 @@ use mirador_proto::leader::not_leader;
 use openraft::ServerState;
 use tonic::Status;
 
+use crate::admin::FieldError;
 use crate::raft::{InitError, RaftNode, WriteError};
 use crate::state::Refusal;
 
@@ -89,6 +90,11 @@ impl RaftNode {
     }
 }
 
+/// A request refused for one of its fields: `INVALID_ARGUMENT`, "field: message".
+pub fn invalid(error: &FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
 /// A command the state machine refused: the caller's error, named.
 pub fn refused(refusal: Refusal) -> Status {
     let message = refusal.to_string();
@@ -100,7 +106,7 @@ pub fn refused(refusal: Refusal) -> Status {
         Refusal::StaleEpoch { .. } | Refusal::NotOwner { .. } | Refusal::Backwards { .. } => {
             Status::failed_precondition(message)
         }
-        Refusal::Invalid { .. } => Status::invalid_argument(message),
+        Refusal::Invalid(error) => invalid(&error),
     }
 }
 

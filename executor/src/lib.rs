@@ -1,8 +1,6 @@
 //! The Mirador executor: partition pipelines with their connectors and stages.
 
 pub mod agent;
-pub mod bench;
-pub mod bench_connectors;
 pub mod checkpoint_store;
 pub mod connectors;
 pub mod decode;
@@ -18,4 +16,4 @@ pub use mirador_spec as spec;
 
 pub use pipeline::{PartitionFactory, PipelineResources};
 pub use run::{run_pipeline, PipelineRun, RunOptions, RunReport};
-pub use spec::{PipelineSpec, SpecError};
+pub use spec::{FieldError, PipelineSpec};

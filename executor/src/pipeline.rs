@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mirador_actors::{
     link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, PipelineSnapshot,
-    SourceEnd, SourceRunner, StageError, StageRunner, StageSlot, StageStats,
+    SourceEnd, SourceRunner, StageError, StageRunner, StageSlot, StageSnapshot, StageStats,
 };
 
 use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
@@ -27,8 +27,57 @@ use crate::sources::{FileSource, GeneratorSource};
 use crate::spec::{PipelineSpec, SinkSpec, SinkTarget, SourceSpec};
 pub use mirador_spec::partition_count;
 
-/// Stage names, in pipeline order.
-pub const STAGES: [&str; 6] = ["source", "decode", "enrich", "infer", "sink", "dead_letter"];
+/// The stages of a partition pipeline, in pipeline order (the source first, as the
+/// actors crate requires). Stats and snapshots are looked up by these, never by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StageId {
+    Source,
+    Decode,
+    Enrich,
+    Infer,
+    Sink,
+    DeadLetter,
+}
+
+impl StageId {
+    pub const ALL: [StageId; 6] = [
+        StageId::Source,
+        StageId::Decode,
+        StageId::Enrich,
+        StageId::Infer,
+        StageId::Sink,
+        StageId::DeadLetter,
+    ];
+
+    /// The name the stage reports in its snapshot.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StageId::Source => "source",
+            StageId::Decode => "decode",
+            StageId::Enrich => "enrich",
+            StageId::Infer => "infer",
+            StageId::Sink => "sink",
+            StageId::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// This stage's snapshot within a pipeline's, found by name.
+    pub fn of(self, snapshot: &PipelineSnapshot) -> Option<&StageSnapshot> {
+        snapshot.stages.iter().find(|s| s.name == self.name())
+    }
+}
+
+/// One [`StageStats`] per stage of a partition, kept across its generations.
+#[derive(Default)]
+pub struct PartitionStats {
+    stats: [Arc<StageStats>; StageId::ALL.len()],
+}
+
+impl PartitionStats {
+    pub fn get(&self, stage: StageId) -> Arc<StageStats> {
+        self.stats[stage as usize].clone()
+    }
+}
 
 /// What partition pipelines have done, from their snapshots: records read (the source's
 /// output), scored (the sink's input) and dead-lettered (the dead letter's input).
@@ -40,14 +89,13 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// The sums over `snapshots`, whose stages are in the order of [`STAGES`].
+    /// The sums over `snapshots`.
     pub fn of<'a>(snapshots: impl IntoIterator<Item = &'a PipelineSnapshot>) -> Self {
         let mut counts = Counts::default();
         for s in snapshots {
-            let stage = |i: usize| s.stages.get(i);
-            counts.read += stage(0).map_or(0, |st| st.records_out);
-            counts.scored += stage(4).map_or(0, |st| st.records_in);
-            counts.dead_lettered += stage(5).map_or(0, |st| st.records_in);
+            counts.read += StageId::Source.of(s).map_or(0, |st| st.records_out);
+            counts.scored += StageId::Sink.of(s).map_or(0, |st| st.records_in);
+            counts.dead_lettered += StageId::DeadLetter.of(s).map_or(0, |st| st.records_in);
         }
         counts
     }
@@ -199,8 +247,8 @@ pub struct PartitionFactory {
     resources: Arc<PipelineResources>,
     partition: u32,
     max_batch_attempts: u32,
-    /// One per stage, kept across generations so that counts add up.
-    stats: Vec<Arc<StageStats>>,
+    /// Kept across generations so that counts add up.
+    stats: PartitionStats,
 }
 
 impl PartitionFactory {
@@ -209,13 +257,13 @@ impl PartitionFactory {
             resources,
             partition,
             max_batch_attempts,
-            stats: STAGES.iter().map(|_| Arc::default()).collect(),
+            stats: PartitionStats::default(),
         }
     }
 
     /// What the source learns of its input's extent, for the partition's lag.
     pub fn source_end(&self) -> Arc<SourceEnd> {
-        self.stats[0].source_end.clone()
+        self.stats.get(StageId::Source).source_end.clone()
     }
 
     async fn generation(&self, tracker: Arc<CheckpointTracker>) -> Result<Generation, StageError> {
@@ -235,12 +283,12 @@ impl PartitionFactory {
             SourceSpec::File(file) => Box::new(SourceRunner::new(
                 FileSource::open(&file.path, batch, max_payload, tracker.clone())?,
                 source_tx,
-                self.stats[0].clone(),
+                self.stats.get(StageId::Source),
             )),
             SourceSpec::Pubsub(pubsub) => Box::new(SourceRunner::new(
                 PubsubSource::start(pubsub, self.partition, batch, tracker.clone()).await?,
                 source_tx,
-                self.stats[0].clone(),
+                self.stats.get(StageId::Source),
             )),
             SourceSpec::Kafka(kafka) => Box::new(SourceRunner::new(
                 KafkaSource::start(
@@ -248,10 +296,10 @@ impl PartitionFactory {
                     self.partition,
                     batch,
                     tracker.clone(),
-                    self.stats[0].source_end.clone(),
+                    self.stats.get(StageId::Source).source_end.clone(),
                 )?,
                 source_tx,
-                self.stats[0].clone(),
+                self.stats.get(StageId::Source),
             )),
             SourceSpec::Generator(generator) => Box::new(SourceRunner::new(
                 GeneratorSource::new(
@@ -261,10 +309,10 @@ impl PartitionFactory {
                     max_payload,
                     batch,
                     tracker.clone(),
-                    &self.stats[0].source_end,
+                    &self.stats.get(StageId::Source).source_end,
                 ),
                 source_tx,
-                self.stats[0].clone(),
+                self.stats.get(StageId::Source),
             )),
         };
 
@@ -274,7 +322,7 @@ impl PartitionFactory {
             source_rx,
             Some(decode_tx),
             Some(dead_tx.clone()),
-            self.stats[1].clone(),
+            self.stats.get(StageId::Decode),
             attempts,
         )?;
 
@@ -291,7 +339,7 @@ impl PartitionFactory {
             decode_rx,
             Some(enrich_tx),
             Some(dead_tx.clone()),
-            self.stats[2].clone(),
+            self.stats.get(StageId::Enrich),
             attempts,
         )?;
 
@@ -306,7 +354,7 @@ impl PartitionFactory {
             enrich_rx,
             Some(infer_tx),
             Some(dead_tx.clone()),
-            self.stats[3].clone(),
+            self.stats.get(StageId::Infer),
             attempts,
         )?;
 
@@ -324,7 +372,7 @@ impl PartitionFactory {
             infer_rx,
             None,
             Some(dead_tx),
-            self.stats[4].clone(),
+            self.stats.get(StageId::Sink),
             attempts,
         )?;
 
@@ -342,7 +390,7 @@ impl PartitionFactory {
             dead_rx,
             None,
             None,
-            self.stats[5].clone(),
+            self.stats.get(StageId::DeadLetter),
             // The dead letter is the last resort: it retries as long as its budget lasts.
             u32::MAX,
         )?;

@@ -11,7 +11,7 @@ use mirador_actors::{
 use serde::Serialize;
 
 use crate::checkpoint_store::FileCheckpointStore;
-use crate::pipeline::{Counts, PartitionFactory, PipelineResources};
+use crate::pipeline::{Counts, PartitionFactory, PipelineResources, StageId};
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -184,10 +184,6 @@ impl PipelineRun {
         }
     }
 
-    pub fn resources(&self) -> &Arc<PipelineResources> {
-        &self.resources
-    }
-
     /// One line of live progress.
     pub fn progress_line(&self, last: &mut (Instant, u64)) -> String {
         let snapshots = self.snapshots();
@@ -200,11 +196,14 @@ impl PipelineRun {
         let now = Instant::now();
         let rate = (events_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
         *last = (now, events_in);
-        let queues: Vec<String> = (1..6)
-            .map(|i| {
-                let depth: usize = snapshots.iter().map(|s| s.stages[i].queue_depth).sum();
-                let capacity: usize = snapshots.iter().map(|s| s.stages[i].queue_capacity).sum();
-                format!("{} {depth}/{capacity}", snapshots[0].stages[i].name)
+        // The source has no input queue.
+        let queues: Vec<String> = StageId::ALL[1..]
+            .iter()
+            .map(|&stage| {
+                let of = |s| stage.of(s).cloned().unwrap_or_default();
+                let depth: usize = snapshots.iter().map(|s| of(s).queue_depth).sum();
+                let capacity: usize = snapshots.iter().map(|s| of(s).queue_capacity).sum();
+                format!("{} {depth}/{capacity}", stage.name())
             })
             .collect();
         let freshness = snapshots

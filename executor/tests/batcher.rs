@@ -5,7 +5,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mirador_executor::infer::{InferenceBatcher, ModelError, Scorer, Scores, TorchModel};
+use mirador_executor::infer::{InferenceBatcher, ModelError, Scorer, Scores, Scoring, TorchModel};
 use mirador_executor::spec::DeviceSpec;
 
 /// Scores each row with the sum of its values and records the size of every pass.

@@ -290,7 +290,7 @@ async fn the_source_knows_the_high_watermark_even_while_the_pipeline_holds_it_ba
     produce_records(&brokers, "lag", 300).await;
 
     let spec: KafkaSourceSpec =
-        serde_yaml::from_str(&format!("brokers: \"{brokers}\"\ntopic: lag")).unwrap();
+        serde_yaml_ng::from_str(&format!("brokers: \"{brokers}\"\ntopic: lag")).unwrap();
     let end = Arc::new(SourceEnd::default());
     let tracker = Arc::new(CheckpointTracker::new(Some(Position {
         partition: 0,

@@ -9,8 +9,14 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::retry::Backoff;
+use crate::transport::{self, ChannelOptions};
+
+/// Between attempts at the coordinators: short, as an election takes about a second.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
 
 /// The metadata key of the leader's address on a refusal.
 pub const LEADER_METADATA: &str = "mirador-leader";
@@ -43,17 +49,8 @@ pub struct LeaderChannel {
 }
 
 fn endpoint(addr: &str) -> Result<Channel, Status> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| Status::invalid_argument(format!("address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    transport::channel(addr, &ChannelOptions::control())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 impl LeaderChannel {
@@ -123,7 +120,7 @@ impl LeaderChannel {
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.patience;
-        let mut backoff = Duration::from_millis(20);
+        let mut attempts = RETRY.attempts();
         loop {
             let (addr, channel) = self.channel()?;
             let status = match call(channel).await {
@@ -147,11 +144,11 @@ impl LeaderChannel {
                 }
                 None => return Err(status),
             }
+            let backoff = attempts.next_delay();
             if Instant::now() + backoff > deadline {
                 return Err(status);
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 }

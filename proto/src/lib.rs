@@ -1,7 +1,10 @@
-//! Generated protobuf types shared by every Mirador crate, and the client channel that
-//! follows a region's Raft leader.
+//! Generated protobuf types shared by every Mirador crate, the transport that carries
+//! them (every channel and server), the client channel that follows a region's Raft
+//! leader, and the one retry policy.
 
 pub mod leader;
+pub mod retry;
+pub mod transport;
 
 pub mod records {
     tonic::include_proto!("mirador.records.v1");

@@ -17,6 +17,7 @@ mod network;
 mod service;
 mod state_machine;
 mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::collections::{BTreeMap, BTreeSet};

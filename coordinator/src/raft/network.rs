@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mirador_proto::raft::raft_client::RaftClient;
 use mirador_proto::raft::RaftPayload;
+use mirador_proto::transport::{self, ChannelOptions};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -22,7 +23,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{Node, NodeId, TypeConfig};
@@ -76,14 +77,11 @@ impl GrpcNetwork {
                 return Ok(peer.channel.clone());
             }
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = transport::channel(addr, &ChannelOptions::raft(self.connect_timeout))
             .map_err(|e| InvalidAddr {
                 addr: addr.to_string(),
-                message: e.to_string(),
-            })?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+                message: e.message,
+            })?;
         channels.insert(
             target,
             PeerChannel {

@@ -9,22 +9,27 @@
 //! pipeline. The coordinators expire it later than that (counted from when they
 //! *received* it), so by then it is silent.
 
+mod client;
 mod partition;
+mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mirador_proto::coordinator::executor_service_client::ExecutorServiceClient;
+use futures::StreamExt;
 use mirador_proto::coordinator::{
     AssignmentSet, HeartbeatRequest, PartitionAssignment, RegisterRequest, ReleaseRequest,
     WatchRequest,
 };
-use mirador_proto::leader::LeaderChannel;
+use mirador_proto::retry::Backoff;
 use tokio::sync::Mutex as AsyncMutex;
-use tonic::Code;
 
+pub use client::{
+    AssignmentStream, CoordinatorClient, CoordinatorError, GrpcCoordinators, InProcessCoordinators,
+};
 pub use partition::{AssignedPartition, PartitionId};
+pub use reconcile::{reconcile, Action, Current, Desired, Key};
 
 use crate::infer::InferencePool;
 use crate::pipeline::PipelineResources;
@@ -40,7 +45,7 @@ pub struct AgentConfig {
     /// Partitions it runs at most.
     pub slots: u32,
     pub gpu: bool,
-    /// `host:port` of the region's coordinators.
+    /// `host:port` of the region's coordinators (for [`ExecutorAgent::new`]).
     pub coordinators: Vec<String>,
 }
 
@@ -67,32 +72,43 @@ impl Lease {
 pub struct Session {
     pub executor_id: String,
     pub incarnation: u64,
-    pub coordinators: Arc<LeaderChannel>,
+    pub coordinators: Arc<dyn CoordinatorClient>,
     pub lease: Lease,
     lease_length: Duration,
     heartbeat: Duration,
 }
 
-type Key = (String, u32);
-
 /// Partitions running here, by (pipeline, partition).
+/// Between attempts at registering.
+const REGISTER_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+
 type Running = Arc<AsyncMutex<BTreeMap<Key, AssignedPartition>>>;
 
 pub struct ExecutorAgent {
     config: AgentConfig,
     pool: InferencePool,
-    coordinators: Arc<LeaderChannel>,
+    coordinators: Arc<dyn CoordinatorClient>,
     running: Running,
     /// Pipeline resources by (pipeline, version), shared by its partitions here.
     resources: Mutex<HashMap<(String, u64), Arc<PipelineResources>>>,
 }
 
 impl ExecutorAgent {
+    /// An agent that calls the coordinators in `config` over gRPC.
     pub fn new(config: AgentConfig, pool: InferencePool) -> Self {
-        let coordinators = Arc::new(LeaderChannel::new(
+        let coordinators = Arc::new(GrpcCoordinators::new(
             config.coordinators.clone(),
             Duration::from_secs(3),
         ));
+        Self::with_coordinators(config, pool, coordinators)
+    }
+
+    /// An agent that calls the coordinators through `coordinators` (in process in tests).
+    pub fn with_coordinators(
+        config: AgentConfig,
+        pool: InferencePool,
+        coordinators: Arc<dyn CoordinatorClient>,
+    ) -> Self {
         ExecutorAgent {
             config,
             pool,
@@ -157,19 +173,11 @@ impl ExecutorAgent {
             slots: self.config.slots,
             gpu: self.config.gpu,
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut attempts = REGISTER_RETRY.attempts();
         loop {
             let sent = Instant::now();
-            let result = self
-                .coordinators
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { ExecutorServiceClient::new(channel).register(request).await }
-                })
-                .await;
-            match result {
+            match self.coordinators.register(request.clone()).await {
                 Ok(response) => {
-                    let response = response.into_inner();
                     let session = Session {
                         executor_id: self.config.executor_id.clone(),
                         incarnation: response.incarnation,
@@ -181,11 +189,10 @@ impl ExecutorAgent {
                     session.lease.extend_to(sent + session.lease_length);
                     return session;
                 }
-                Err(status) => {
-                    tracing::warn!(executor = %self.config.executor_id, %status,
+                Err(error) => {
+                    tracing::warn!(executor = %self.config.executor_id, %error,
                         "cannot register, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(attempts.next_delay()).await;
                 }
             }
         }
@@ -233,22 +240,15 @@ impl ExecutorAgent {
                 partitions: partitions.clone(),
             };
             let sent = Instant::now();
-            let result = session
-                .coordinators
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { ExecutorServiceClient::new(channel).heartbeat(request).await }
-                })
-                .await;
-            match result {
-                Ok(_) => session.lease.extend_to(sent + session.lease_length),
-                Err(status) if status.code() == Code::FailedPrecondition => {
+            match session.coordinators.heartbeat(request).await {
+                Ok(()) => session.lease.extend_to(sent + session.lease_length),
+                Err(error) if error.is_fenced() => {
                     // The coordinators expired this incarnation.
-                    tracing::warn!(%status, "heartbeat refused");
+                    tracing::warn!(%error, "heartbeat refused");
                     session.lease.revoke();
                     return;
                 }
-                Err(status) => tracing::warn!(%status, "heartbeat not answered"),
+                Err(error) => tracing::warn!(%error, "heartbeat not answered"),
             }
             if !session.lease.is_valid() {
                 return;
@@ -263,41 +263,34 @@ impl ExecutorAgent {
             incarnation: session.incarnation,
         };
         loop {
-            let stream = session
+            let mut stream = match session
                 .coordinators
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        ExecutorServiceClient::new(channel)
-                            .watch_assignments(request)
-                            .await
-                    }
-                })
-                .await;
-            let mut stream = match stream {
-                Ok(stream) => stream.into_inner(),
-                Err(status) => {
-                    if status.code() == Code::FailedPrecondition {
+                .watch_assignments(request.clone())
+                .await
+            {
+                Ok(stream) => stream,
+                Err(error) => {
+                    if error.is_fenced() {
                         session.lease.revoke();
                         return;
                     }
-                    tracing::warn!(%status, "cannot follow assignments, retrying");
+                    tracing::warn!(%error, "cannot follow assignments, retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
             loop {
                 // Wake up now and then to notice a lost lease while the stream is quiet.
-                match tokio::time::timeout(session.heartbeat, stream.message()).await {
-                    Ok(Ok(Some(set))) => {
+                match tokio::time::timeout(session.heartbeat, stream.next()).await {
+                    Ok(Some(Ok(set))) => {
                         if !session.lease.is_valid() {
                             return;
                         }
                         self.apply(session, set, Instant::now()).await;
                     }
-                    Ok(Ok(None)) => break,
-                    Ok(Err(status)) => {
-                        tracing::warn!(%status, "assignment stream ended, reopening");
+                    Ok(None) => break,
+                    Ok(Some(Err(error))) => {
+                        tracing::warn!(%error, "assignment stream ended, reopening");
                         break;
                     }
                     Err(_) => {
@@ -320,86 +313,113 @@ impl ExecutorAgent {
             .map(|a| ((a.pipeline.clone(), a.partition), a))
             .collect();
         let mut running = self.running.lock().await;
+        let views: BTreeMap<Key, Current> = running
+            .iter()
+            .map(|(key, p)| {
+                let view = Current {
+                    epoch: p.id.epoch,
+                    version: p.version,
+                    fenced: p.is_fenced(),
+                };
+                (key.clone(), view)
+            })
+            .collect();
+        let wanted: BTreeMap<Key, Desired> = desired
+            .iter()
+            .map(|(key, a)| {
+                let d = Desired {
+                    epoch: a.epoch,
+                    version: a.version,
+                    run: a.run,
+                };
+                (key.clone(), d)
+            })
+            .collect();
 
-        // Stop what must stop: gone, another epoch, fenced, to hand over, or a new version.
         // A partition stopped for a new version restarts from where it stopped, which the
         // set may not show yet.
         let mut stopped_at: HashMap<Key, (u64, u64)> = HashMap::new();
-        let keys: Vec<Key> = running.keys().cloned().collect();
-        for key in keys {
-            let current = &running[&key];
-            let wanted = desired.get(&key);
-            let keep = wanted.is_some_and(|a| {
-                a.run && a.epoch == current.id.epoch && a.version == current.version
-            }) && !current.is_fenced();
-            if keep {
-                continue;
-            }
-            let partition = running.remove(&key).expect("listed above");
-            match wanted {
-                Some(a) if a.epoch == partition.id.epoch && !partition.is_fenced() => {
-                    let epoch = a.epoch;
+        for action in reconcile(&views, &wanted) {
+            match action {
+                Action::Stop { key, release } => {
+                    let partition = running.remove(&key).expect("reconciled from running");
+                    let epoch = partition.id.epoch;
                     let stopping = Instant::now();
                     let position = partition.position();
                     let committed = partition.stop(session).await;
-                    if !a.run && committed {
+                    if release && committed {
                         self.release(session, &key, epoch, stopping.elapsed()).await;
                     }
                     if let (true, Some(position)) = (committed, position()) {
-                        stopped_at.insert(key.clone(), (epoch, position));
+                        stopped_at.insert(key, (epoch, position));
                     }
                 }
-                _ => partition.abandon().await,
-            }
-        }
-
-        // Start what must run.
-        for (key, a) in &desired {
-            if !a.run || running.contains_key(key) {
-                continue;
-            }
-            let building = Instant::now();
-            let resources = match self.resources_for(a).await {
-                Ok(resources) => resources,
-                Err(error) => {
-                    tracing::error!(pipeline = %a.pipeline, version = a.version, %error,
-                        "cannot build the pipeline");
-                    continue;
+                Action::Abandon { key } => {
+                    let partition = running.remove(&key).expect("reconciled from running");
+                    partition.abandon().await;
                 }
-            };
-            let id = PartitionId {
-                pipeline: a.pipeline.clone(),
-                partition: a.partition,
-                epoch: a.epoch,
-            };
-            let checkpoint = match stopped_at.get(key) {
-                Some((epoch, position)) if *epoch == a.epoch => {
-                    Some(a.checkpoint.unwrap_or(0).max(*position))
+                Action::Start { key } => {
+                    let a = &desired[&key];
+                    let checkpoint = match stopped_at.get(&key) {
+                        Some((epoch, position)) if *epoch == a.epoch => {
+                            Some(a.checkpoint.unwrap_or(0).max(*position))
+                        }
+                        _ => a.checkpoint,
+                    };
+                    if let Some(partition) = self.start(session, a, checkpoint, received).await {
+                        running.insert(key, partition);
+                    }
                 }
-                _ => a.checkpoint,
-            };
-            match AssignedPartition::start(
-                id,
-                a.version,
-                checkpoint,
-                resources,
-                session.clone(),
-                received,
-            )
-            .await
-            {
-                Ok(partition) => {
-                    tracing::info!(pipeline = %a.pipeline, partition = a.partition,
-                        epoch = a.epoch, checkpoint = ?a.checkpoint,
-                        pause_ms = partition.start_pause.as_millis() as u64,
-                        start_ms = building.elapsed().as_millis() as u64, "partition started");
-                    running.insert(key.clone(), partition);
-                }
-                Err(error) => tracing::error!(%error, "cannot start the partition"),
             }
         }
         drop(running);
         self.prune_resources().await;
+    }
+
+    /// Starts one assigned partition; logs and returns `None` when it cannot.
+    async fn start(
+        &self,
+        session: &Arc<Session>,
+        a: &PartitionAssignment,
+        checkpoint: Option<u64>,
+        received: Instant,
+    ) -> Option<AssignedPartition> {
+        let building = Instant::now();
+        let resources = match self.resources_for(a).await {
+            Ok(resources) => resources,
+            Err(error) => {
+                tracing::error!(pipeline = %a.pipeline, version = a.version, %error,
+                    "cannot build the pipeline");
+                return None;
+            }
+        };
+        let id = PartitionId {
+            pipeline: a.pipeline.clone(),
+            partition: a.partition,
+            epoch: a.epoch,
+        };
+        match AssignedPartition::start(
+            id,
+            a.version,
+            checkpoint,
+            resources,
+            session.clone(),
+            received,
+        )
+        .await
+        {
+            Ok(partition) => {
+                tracing::info!(pipeline = %a.pipeline, partition = a.partition,
+                    epoch = a.epoch, checkpoint = ?a.checkpoint,
+                    pause_ms = partition.start_pause.as_millis() as u64,
+                    start_ms = building.elapsed().as_millis() as u64, "partition started");
+                Some(partition)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the partition");
+                None
+            }
+        }
     }
 
     async fn release(&self, session: &Session, key: &Key, epoch: u64, stopped_in: Duration) {
@@ -411,17 +431,10 @@ impl ExecutorAgent {
             epoch,
             stop_ms: stopped_in.as_millis() as u64,
         };
-        let result = session
-            .coordinators
-            .call(|channel| {
-                let request = request.clone();
-                async move { ExecutorServiceClient::new(channel).release(request).await }
-            })
-            .await;
-        match result {
-            Ok(_) => tracing::info!(pipeline = %key.0, partition = key.1, epoch, "released"),
-            Err(status) => {
-                tracing::warn!(pipeline = %key.0, partition = key.1, %status, "release refused")
+        match session.coordinators.release(request).await {
+            Ok(()) => tracing::info!(pipeline = %key.0, partition = key.1, epoch, "released"),
+            Err(error) => {
+                tracing::warn!(pipeline = %key.0, partition = key.1, %error, "release refused")
             }
         }
     }

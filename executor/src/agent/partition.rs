@@ -9,12 +9,10 @@ use mirador_actors::{
     CheckpointStore, ExitStatus, PipelineArgs, PipelineHandle, PipelineSnapshot, Position,
     RestartPolicy, SourceEnd,
 };
-use mirador_proto::coordinator::executor_service_client::ExecutorServiceClient;
 use mirador_proto::coordinator::{CommitRequest, PartitionProgress};
 use tokio::sync::watch;
-use tonic::Code;
 
-use super::{Lease, Session};
+use super::{CoordinatorError, Lease, Session};
 use crate::pipeline::{Counts, PartitionFactory, PipelineResources};
 
 /// Checkpoints of one partition: loaded from the assignment, saved into a slot that the
@@ -206,23 +204,10 @@ async fn commit(id: &PartitionId, session: &Session, position: u64) -> Result<()
         epoch: id.epoch,
         position,
     };
-    let result = session
-        .coordinators
-        .call(|channel| {
-            let request = request.clone();
-            async move {
-                ExecutorServiceClient::new(channel)
-                    .commit_checkpoint(request)
-                    .await
-            }
-        })
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(status) if status.code() == Code::FailedPrecondition => {
-            Err(CommitError::Fenced(status.message().to_string()))
-        }
-        Err(status) => Err(CommitError::Later(status.message().to_string())),
+    match session.coordinators.commit_checkpoint(request).await {
+        Ok(()) => Ok(()),
+        Err(CoordinatorError::Fenced(message)) => Err(CommitError::Fenced(message)),
+        Err(error) => Err(CommitError::Later(error.to_string())),
     }
 }
 

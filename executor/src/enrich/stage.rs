@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mirador_actors::{Output, ReasonCode, Stage, StageError};
-use rand::Rng;
+use mirador_proto::retry::Backoff;
 
 use super::{FeatureCache, FeatureLookup, Features};
 use crate::event::{DecodedRecord, EnrichedRecord, FeatureSource};
 use crate::spec::{EnrichmentSpec, LookupFailurePolicy, MissPolicy};
+
+/// Between attempts at a feature lookup: jittered, as every partition may fail at once.
+const LOOKUP_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(5120)).with_jitter();
 
 const STAGE: &str = "enrich";
 
@@ -77,10 +81,8 @@ impl EnrichStage {
             if attempt >= self.policy.retries {
                 return Err(format!("{error} after {} attempts", attempt + 1));
             }
-            let backoff = Duration::from_millis(20 << attempt.min(8));
-            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
             tracing::warn!(stage = STAGE, attempt, %error, "feature lookup failed, retrying");
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            tokio::time::sleep(LOOKUP_RETRY.delay(attempt)).await;
             attempt += 1;
         }
     }

@@ -25,9 +25,8 @@ impl CsvFeatureTable {
     }
 
     pub fn parse(text: &str, features: &[String]) -> anyhow::Result<Self> {
-        let mut lines = text.lines().enumerate();
-        let (_, header) = lines.next().ok_or_else(|| anyhow::anyhow!("empty file"))?;
-        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+        let csv = FeatureCsv::parse(text)?;
+        let columns = &csv.columns;
         let indexes = features
             .iter()
             .enumerate()
@@ -44,38 +43,31 @@ impl CsvFeatureTable {
                     })
             })
             .collect::<anyhow::Result<Vec<usize>>>()?;
-        let mut rows = HashMap::new();
-        for (number, line) in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            if cells.len() != columns.len() {
-                anyhow::bail!(
-                    "line {}: {} cells, the header has {}",
-                    number + 1,
-                    cells.len(),
-                    columns.len()
-                );
-            }
+        let mut rows = HashMap::with_capacity(csv.rows.len());
+        for row in csv.rows {
             let values = indexes
                 .iter()
                 .map(|&i| {
-                    cells[i]
+                    row.cells[i]
                         .parse::<f32>()
                         .ok()
                         .filter(|v| v.is_finite())
                         .ok_or_else(|| {
                             anyhow::anyhow!(
                                 "line {}: {} = {:?} is not a number",
-                                number + 1,
+                                row.line,
                                 columns[i],
-                                cells[i]
+                                row.cells[i]
                             )
                         })
                 })
                 .collect::<anyhow::Result<Vec<f32>>>()?;
-            rows.insert(cells[0].into(), values.into());
+            let id = row
+                .cells
+                .into_iter()
+                .next()
+                .expect("rows are as wide as the header");
+            rows.insert(id.into_boxed_str(), values.into());
         }
         Ok(CsvFeatureTable { rows })
     }
@@ -90,6 +82,72 @@ impl CsvFeatureTable {
 
     pub fn get(&self, key: &str) -> Option<Features> {
         self.rows.get(key).cloned()
+    }
+}
+
+/// A feature CSV read whole: a header (the customer id's column, then a column per
+/// feature) and rows as wide as the header, each customer once. Cells are trimmed and may
+/// be quoted. Shared by the embedded table and the Bigtable loader.
+pub struct FeatureCsv {
+    pub columns: Vec<String>,
+    pub rows: Vec<FeatureRow>,
+}
+
+pub struct FeatureRow {
+    /// 1-based, as an editor shows it.
+    pub line: u64,
+    /// The customer id first.
+    pub cells: Vec<String>,
+}
+
+impl FeatureCsv {
+    /// Refuses, naming the line: an empty file, a repeated column, a row of the wrong
+    /// width, a customer id given twice.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let mut records = reader.records();
+        let header = records
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("empty file"))?
+            .map_err(|e| anyhow::anyhow!("line 1: {e}"))?;
+        let columns: Vec<String> = header.iter().map(str::to_string).collect();
+        for (i, column) in columns.iter().enumerate() {
+            if columns[..i].contains(column) {
+                anyhow::bail!("line 1: column {column:?} is named twice");
+            }
+        }
+        let mut rows = Vec::new();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        for record in records {
+            let record = record.map_err(|e| match e.position() {
+                Some(p) => anyhow::anyhow!("line {}: {e}", p.line()),
+                None => anyhow::anyhow!("{e}"),
+            })?;
+            let line = record.position().map_or(0, |p| p.line());
+            if record.iter().all(str::is_empty) {
+                continue;
+            }
+            if record.len() != columns.len() {
+                anyhow::bail!(
+                    "line {line}: {} cells, the header has {}",
+                    record.len(),
+                    columns.len()
+                );
+            }
+            let cells: Vec<String> = record.iter().map(str::to_string).collect();
+            if let Some(first) = seen.insert(cells[0].clone(), line) {
+                anyhow::bail!(
+                    "line {line}: customer {:?} is already on line {first}",
+                    cells[0]
+                );
+            }
+            rows.push(FeatureRow { line, cells });
+        }
+        Ok(FeatureCsv { columns, rows })
     }
 }
 
@@ -142,5 +200,28 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn quoted_ids_match_and_repeats_are_refused_with_their_line() {
+        let table = CsvFeatureTable::parse("id,a\n\"c,1\",1\n\"c2\",2\n", &names(&["a"])).unwrap();
+        assert_eq!(&*table.get("c,1").unwrap(), &[1.0]);
+        assert_eq!(&*table.get("c2").unwrap(), &[2.0]);
+        let err = CsvFeatureTable::parse("id,a,a\nc1,1,2\n", &names(&["a"]))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("line 1: column \"a\" is named twice"),
+            "{err}"
+        );
+        let err = CsvFeatureTable::parse("id,a\nc1,1\nc2,2\nc1,3\n", &names(&["a"]))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("line 4: customer \"c1\" is already on line 2"),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use futures::future::BoxFuture;
+
 use super::model::{ModelError, Scorer, Scores, TorchModel};
+use super::scoring::{Scoring, ScoringUnavailable};
 use crate::spec::ModelSpec;
 
 struct Request {
@@ -124,32 +127,30 @@ impl InferenceBatcher {
     }
 }
 
-/// The batcher's thread is gone.
-#[derive(Debug, thiserror::Error)]
-#[error("the inference batcher has stopped")]
-pub struct BatcherGone;
+/// The local implementation of [`Scoring`]: requests go to the node's batcher thread.
+/// The scorer is unavailable only when that thread is gone.
+impl Scoring for BatcherClient {
+    fn input_width(&self) -> usize {
+        self.width
+    }
 
-impl BatcherClient {
-    /// Scores `n` rows. The outer error means the batcher is gone; the inner one that the
-    /// model failed on these rows.
-    pub async fn score(
+    fn score(
         &self,
         rows: Vec<f32>,
         n: usize,
-    ) -> Result<Result<Scores, ModelError>, BatcherGone> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            rows,
-            n,
-            enqueued: Instant::now(),
-            reply,
-        };
-        self.tx.send_async(request).await.map_err(|_| BatcherGone)?;
-        answer.await.map_err(|_| BatcherGone)
-    }
-
-    pub fn input_width(&self) -> usize {
-        self.width
+    ) -> BoxFuture<'_, Result<Result<Scores, ModelError>, ScoringUnavailable>> {
+        Box::pin(async move {
+            let gone = || ScoringUnavailable("the inference batcher has stopped".into());
+            let (reply, answer) = oneshot::channel();
+            let request = Request {
+                rows,
+                n,
+                enqueued: Instant::now(),
+                reply,
+            };
+            self.tx.send_async(request).await.map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())
+        })
     }
 }
 
@@ -322,10 +323,5 @@ impl InferencePool {
         let batcher = Arc::new(batcher);
         batchers.insert(key, batcher.clone());
         Ok(batcher)
-    }
-
-    pub fn stats(&self) -> Vec<Arc<BatcherStats>> {
-        let batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
-        batchers.values().map(|b| b.stats()).collect()
     }
 }

@@ -1,11 +1,11 @@
-//! The inference stage: turns enriched events into feature rows and has them scored by
-//! the node's batcher for the model.
+//! The inference stage: turns enriched events into feature rows and has them scored
+//! through a [`Scoring`] (the node's batcher for the model, or a remote pool).
 
 use std::sync::Arc;
 
 use mirador_actors::{Output, ReasonCode, Stage, StageError};
 
-use super::batcher::BatcherClient;
+use super::scoring::Scoring;
 use crate::event::{EnrichedRecord, EventType, ModelId, ScoredRecord};
 
 const STAGE: &str = "infer";
@@ -15,13 +15,16 @@ const STAGE: &str = "infer";
 pub const EVENT_FEATURES: usize = EventType::ALL.len() + 1;
 
 pub struct InferStage {
-    client: BatcherClient,
+    client: Box<dyn Scoring>,
     model: Arc<ModelId>,
 }
 
 impl InferStage {
-    pub fn new(client: BatcherClient, model: Arc<ModelId>) -> Self {
-        InferStage { client, model }
+    pub fn new(client: impl Scoring, model: Arc<ModelId>) -> Self {
+        InferStage {
+            client: Box::new(client),
+            model,
+        }
     }
 }
 

@@ -105,13 +105,6 @@ impl LatencyRecorder {
             histogram.len(),
         )
     }
-
-    pub fn reset(&self) {
-        self.histogram
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reset();
-    }
 }
 
 /// Dead letters counted by reason, shared by all partitions.

@@ -12,6 +12,7 @@ use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::{
 };
 
 use super::BigtableSpec;
+use crate::enrich::table::{FeatureCsv, FeatureRow};
 
 /// Creates the spec's table with its column family on an emulator; an existing table is
 /// left as it is. (On Google Cloud, tables are made by the platform's own tooling.)
@@ -51,19 +52,13 @@ pub async fn create_table(spec: &BigtableSpec) -> anyhow::Result<()> {
 pub async fn load_features(spec: &BigtableSpec, csv: &Path) -> anyhow::Result<usize> {
     let text =
         std::fs::read_to_string(csv).map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{}: empty file", csv.display()))?
-        .split(',')
-        .map(str::trim)
-        .collect();
+    let table = FeatureCsv::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))?;
+    let header = &table.columns;
     let mut client = super::connect(spec, false).await?;
     let table_name = client.get_full_table_name(&spec.table);
     let mut entries = Vec::new();
     let mut written = 0;
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+    for FeatureRow { cells, .. } in &table.rows {
         let mutations = header[1..]
             .iter()
             .zip(&cells[1..])

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
+use mirador_proto::retry::Backoff;
 use mirador_spec::kafka::QuietContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -13,6 +14,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::KafkaSourceSpec;
 use crate::event::RawRecord;
+
+/// Between polls while the consumer reports errors (this is the polling thread).
+const CONSUMER_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 /// A consumer for `spec`, reporting through [`QuietContext`].
 pub type QuietConsumer = BaseConsumer<QuietContext>;
@@ -201,7 +205,7 @@ impl Poller {
                             tracing::warn!(topic = %self.topic, partition = self.partition,
                                 %error, failures, "kafka consumer error, retrying");
                         }
-                        std::thread::sleep(Duration::from_millis(50 * u64::from(failures.min(20))));
+                        std::thread::sleep(CONSUMER_RETRY.delay(failures - 1));
                         break;
                     }
                     None => break,

@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use crate::SpecError;
+use crate::FieldError;
 
 /// A subscription to read, in the pipeline spec. Each lane (one streaming pull) is a
 /// partition of the pipeline.
@@ -63,10 +63,10 @@ fn validate_common(
     project: &str,
     (name, id): (&str, &str),
     endpoint: Option<&String>,
-) -> Result<(), SpecError> {
+) -> Result<(), FieldError> {
     for (key, value) in [("project", project), (name, id)] {
         if !valid_id(value) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.{key}"),
                 format!(
                     "{value:?} is invalid: 3 to 255 letters, digits or -_.~+%, starting with a letter"
@@ -76,7 +76,7 @@ fn validate_common(
     }
     if let Some(endpoint) = endpoint {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.endpoint"),
                 format!("{endpoint:?} is invalid: http://host:port or https://host"),
             ));
@@ -86,7 +86,7 @@ fn validate_common(
 }
 
 impl PubsubSourceSpec {
-    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
         validate_common(
             field,
             &self.project,
@@ -94,13 +94,13 @@ impl PubsubSourceSpec {
             self.endpoint.as_ref(),
         )?;
         if !(1..=64).contains(&self.lanes) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.lanes"),
                 format!("{} is invalid: must be between 1 and 64", self.lanes),
             ));
         }
         if !(10..=600).contains(&self.lease_extension_secs) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.lease_extension_secs"),
                 format!(
                     "{} is invalid: must be between 10 and 600",
@@ -109,7 +109,7 @@ impl PubsubSourceSpec {
             ));
         }
         if !(1..=1_000_000).contains(&self.max_outstanding_messages) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.max_outstanding_messages"),
                 format!(
                     "{} is invalid: must be between 1 and 1000000",
@@ -135,7 +135,7 @@ impl PubsubSourceSpec {
 }
 
 impl PubsubSinkSpec {
-    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
         validate_common(
             field,
             &self.project,
@@ -157,10 +157,14 @@ impl PubsubSinkSpec {
 
 /// The spec's endpoint, else the `PUBSUB_EMULATOR_HOST` emulator's.
 fn resolve_endpoint(endpoint: Option<&String>) -> Option<String> {
-    endpoint.cloned().or_else(|| {
-        std::env::var("PUBSUB_EMULATOR_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .map(|host| format!("http://{host}"))
-    })
+    endpoint.cloned().or_else(emulator_from_env)
+}
+
+/// `http://` + `PUBSUB_EMULATOR_HOST` when it is set and not empty: the one place that
+/// reads it.
+pub fn emulator_from_env() -> Option<String> {
+    std::env::var("PUBSUB_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("http://{host}"))
 }

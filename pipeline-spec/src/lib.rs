@@ -17,24 +17,26 @@ pub use bigtable::BigtableSpec;
 pub use kafka::{KafkaKey, KafkaSinkSpec, KafkaSourceSpec};
 pub use pubsub::{PubsubSinkSpec, PubsubSourceSpec};
 
-/// A spec error: the field, the bad value, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A refusal that names the field at fault: the field, the bad value, and what is wrong
+/// with it. The one such type of Mirador: spec errors, admin requests and state-machine
+/// refusals all use it (the coordinator maps it to `INVALID_ARGUMENT`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize, thiserror::Error)]
 #[error("{field}: {message}")]
-pub struct SpecError {
+pub struct FieldError {
     pub field: String,
     pub message: String,
 }
 
-impl SpecError {
+impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError {
+        FieldError {
             field: field.into(),
             message: message.into(),
         }
     }
 
     fn value(field: impl Into<String>, value: impl fmt::Debug, rule: &str) -> Self {
-        SpecError::new(field, format!("{value:?} is invalid: {rule}"))
+        FieldError::new(field, format!("{value:?} is invalid: {rule}"))
     }
 }
 
@@ -456,8 +458,8 @@ impl Default for CheckpointSpec {
 
 impl PipelineSpec {
     /// Parses YAML; unknown fields and wrong types are errors naming the field.
-    pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
-        let deserializer = serde_yaml::Deserializer::from_str(text);
+    pub fn from_yaml(text: &str) -> Result<Self, FieldError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let spec: PipelineSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." {
@@ -466,12 +468,12 @@ impl PipelineSpec {
                 path
             };
             let message = e.into_inner().to_string();
-            // serde_yaml names the field itself; say it once.
+            // The YAML deserializer names the field itself; say it once.
             let message = message
                 .strip_prefix(&format!("{field}: "))
                 .map(str::to_string)
                 .unwrap_or(message);
-            SpecError::new(field, message)
+            FieldError::new(field, message)
         })?;
         spec.validate()?;
         Ok(spec)
@@ -479,15 +481,15 @@ impl PipelineSpec {
 
     /// Reads a spec file. Relative paths inside it are relative to the working directory,
     /// like every other path given to `mirador`.
-    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+    pub fn from_file(path: &Path) -> Result<Self, FieldError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            SpecError::new("pipeline", format!("cannot read {}: {e}", path.display()))
+            FieldError::new("pipeline", format!("cannot read {}: {e}", path.display()))
         })?;
         Self::from_yaml(&text)
     }
 
     /// Checks every value; does no I/O.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.name.is_empty()
             || self.name.len() > 64
             || !self
@@ -495,7 +497,7 @@ impl PipelineSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(SpecError::value(
+            return Err(FieldError::value(
                 "name",
                 &self.name,
                 "1 to 64 characters among letters, digits, '-' and '_'",
@@ -505,7 +507,7 @@ impl PipelineSpec {
             SourceSpec::File(file) => {
                 non_empty_path("source.file.path", &file.path)?;
                 if self.decode.format == PayloadFormat::Protobuf {
-                    return Err(SpecError::value(
+                    return Err(FieldError::value(
                         "decode.format",
                         "protobuf",
                         "a file source holds JSON lines",
@@ -516,7 +518,7 @@ impl PipelineSpec {
             SourceSpec::Pubsub(pubsub) => pubsub.validate("source.pubsub")?,
             SourceSpec::Generator(generator) => {
                 if generator.events == Some(0) {
-                    return Err(SpecError::value(
+                    return Err(FieldError::value(
                         "source.generator.events",
                         0,
                         "must be at least 1",
@@ -536,7 +538,7 @@ impl PipelineSpec {
                     10.0,
                 )?;
                 if generator.zipf_exponent <= 0.0 {
-                    return Err(SpecError::value(
+                    return Err(FieldError::value(
                         "source.generator.zipf_exponent",
                         generator.zipf_exponent,
                         "must be greater than 0",
@@ -550,7 +552,7 @@ impl PipelineSpec {
                 )?;
                 if let Some(rate) = generator.rate_per_sec {
                     if !(rate > 0.0 && rate.is_finite()) {
-                        return Err(SpecError::value(
+                        return Err(FieldError::value(
                             "source.generator.rate_per_sec",
                             rate,
                             "must be a positive number",
@@ -583,25 +585,25 @@ impl PipelineSpec {
             (Some(table), None) => non_empty_path("enrichment.table.path", &table.path)?,
             (None, Some(bigtable)) => bigtable.validate("enrichment.bigtable")?,
             _ => {
-                return Err(SpecError::new(
+                return Err(FieldError::new(
                     "enrichment",
                     "exactly one of `table` or `bigtable` is needed",
                 ))
             }
         }
         if enrichment.features.is_empty() {
-            return Err(SpecError::new("enrichment.features", "lists no feature"));
+            return Err(FieldError::new("enrichment.features", "lists no feature"));
         }
         for (i, feature) in enrichment.features.iter().enumerate() {
             if feature.is_empty() {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     format!("enrichment.features[{i}]"),
                     feature,
                     "empty name",
                 ));
             }
             if enrichment.features[..i].contains(feature) {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     format!("enrichment.features[{i}]"),
                     feature,
                     "listed twice",
@@ -610,14 +612,14 @@ impl PipelineSpec {
         }
         for (name, value) in &enrichment.defaults {
             if !enrichment.features.contains(name) {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     format!("enrichment.defaults.{name}"),
                     name,
                     "not one of enrichment.features",
                 ));
             }
             if !value.is_finite() {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     format!("enrichment.defaults.{name}"),
                     value,
                     "must be a finite number",
@@ -637,21 +639,21 @@ impl PipelineSpec {
             7 * 86400,
         )?;
         if !enrichment.columns.is_empty() && enrichment.bigtable.is_none() {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "enrichment.columns",
                 "only a `bigtable` lookup has columns",
             ));
         }
         for (feature, qualifier) in &enrichment.columns {
             if !enrichment.features.contains(feature) {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     format!("enrichment.columns.{feature}"),
                     feature,
                     "not one of enrichment.features",
                 ));
             }
             if qualifier.is_empty() || qualifier.len() > 16 * 1024 {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     format!("enrichment.columns.{feature}"),
                     qualifier,
                     "a column qualifier is 1 byte to 16 KiB",
@@ -663,14 +665,14 @@ impl PipelineSpec {
 
         let model = &self.model;
         if model.name.is_empty() {
-            return Err(SpecError::value(
+            return Err(FieldError::value(
                 "model.name",
                 &model.name,
                 "must not be empty",
             ));
         }
         if model.version.is_empty() {
-            return Err(SpecError::value(
+            return Err(FieldError::value(
                 "model.version",
                 &model.version,
                 "must not be empty",
@@ -688,7 +690,7 @@ impl PipelineSpec {
                         non_empty_path(&format!("{field}.file.path"), &file.path)?
                     }
                     SinkTarget::Bigtable(_) if field == "dead_letter" => {
-                        return Err(SpecError::new(
+                        return Err(FieldError::new(
                             "dead_letter.bigtable",
                             "a dead letter keeps whole records: use file",
                         ))
@@ -704,7 +706,7 @@ impl PipelineSpec {
         }
         if let (Some(a), Some(b)) = (self.sink.file(), self.dead_letter.file()) {
             if a.path == b.path {
-                return Err(SpecError::value(
+                return Err(FieldError::value(
                     "dead_letter.file.path",
                     &b.path,
                     "must differ from sink.file.path",
@@ -763,10 +765,10 @@ fn in_range<T: PartialOrd + fmt::Debug + fmt::Display>(
     value: T,
     min: T,
     max: T,
-) -> Result<(), SpecError> {
+) -> Result<(), FieldError> {
     // Written so that NaN fails too.
     if !(value >= min && value <= max) {
-        return Err(SpecError::value(
+        return Err(FieldError::value(
             field,
             value,
             &format!("must be between {min} and {max}"),
@@ -775,9 +777,9 @@ fn in_range<T: PartialOrd + fmt::Debug + fmt::Display>(
     Ok(())
 }
 
-fn non_empty_path(field: &str, path: &Path) -> Result<(), SpecError> {
+fn non_empty_path(field: &str, path: &Path) -> Result<(), FieldError> {
     if path.as_os_str().is_empty() {
-        return Err(SpecError::new(field, "empty path"));
+        return Err(FieldError::new(field, "empty path"));
     }
     Ok(())
 }
@@ -808,7 +810,7 @@ pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("--config: {}: {e}", path.display()))?;
-    let deserializer = serde_yaml::Deserializer::from_str(&text);
+    let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(deserializer)
         .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
 }
@@ -838,7 +840,7 @@ dead_letter:
     path: dead.jsonl
 "#;
 
-    fn error(yaml: &str) -> SpecError {
+    fn error(yaml: &str) -> FieldError {
         PipelineSpec::from_yaml(yaml).expect_err("must be refused")
     }
 

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::SpecError;
+use crate::FieldError;
 
 /// A Bigtable table, in the pipeline spec.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -46,7 +46,7 @@ fn valid_id(id: &str) -> bool {
 
 impl BigtableSpec {
     /// Checks every value; `field` is where this spec sits in the pipeline spec.
-    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
         for (name, value) in [
             ("project", &self.project),
             ("instance", &self.instance),
@@ -54,7 +54,7 @@ impl BigtableSpec {
             ("family", &self.family),
         ] {
             if !valid_id(value) {
-                return Err(SpecError::new(
+                return Err(FieldError::new(
                     format!("{field}.{name}"),
                     format!("{value:?} is invalid: 1 to 128 letters, digits, '-', '_' or '.'"),
                 ));
@@ -62,20 +62,20 @@ impl BigtableSpec {
         }
         if let Some(endpoint) = &self.endpoint {
             if endpoint.contains("://") || !endpoint.contains(':') {
-                return Err(SpecError::new(
+                return Err(FieldError::new(
                     format!("{field}.endpoint"),
                     format!("{endpoint:?} is invalid: host:port, without a scheme"),
                 ));
             }
         }
         if !(1..=64).contains(&self.channels) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.channels"),
                 format!("{} is invalid: must be between 1 and 64", self.channels),
             ));
         }
         if !(1..=600_000).contains(&self.timeout_ms) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 format!("{field}.timeout_ms"),
                 format!(
                     "{} is invalid: must be between 1 and 600000",

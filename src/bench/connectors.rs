@@ -11,15 +11,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::connectors::bigtable::{BigtableLookup, BigtableSpec};
-use crate::connectors::kafka::{produce, QuietConsumer, QuietContext};
-use crate::connectors::pubsub::{create_subscription, create_topic, publish};
-use crate::enrich::FeatureLookup;
-use crate::infer::InferencePool;
-use crate::run::{run_pipeline, RunOptions};
-use crate::sources::generator::EventFactory;
-use crate::spec::{GeneratorSpec, PayloadFormat, PipelineSpec};
-use crate::PipelineResources;
+use mirador_executor::connectors::bigtable::{BigtableLookup, BigtableSpec};
+use mirador_executor::connectors::kafka::{produce, QuietConsumer, QuietContext};
+use mirador_executor::connectors::pubsub::{create_subscription, create_topic, publish};
+use mirador_executor::enrich::FeatureLookup;
+use mirador_executor::infer::InferencePool;
+use mirador_executor::run::{run_pipeline, RunOptions};
+use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::spec::{GeneratorSpec, PayloadFormat, PipelineSpec};
+use mirador_executor::PipelineResources;
 
 pub struct ConnectorBenchOptions {
     pub brokers: String,

@@ -1,6 +1,8 @@
 //! `mirador bench`: the data path end to end, and each stage alone at full speed, in one
 //! process and one run, so the figures compare.
 
+pub mod connectors;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,14 +10,14 @@ use bytes::Bytes;
 use mirador_actors::{CheckpointTracker, Origin, Output, Position, Stage};
 use serde::Serialize;
 
-use crate::decode::{DecodeStage, Decoder};
-use crate::enrich::{EnrichStage, LookupPolicy};
-use crate::event::RawRecord;
-use crate::infer::{InferStage, InferencePool};
-use crate::pipeline::PipelineResources;
-use crate::run::{peak_rss_mb, run_pipeline, RunOptions};
-use crate::sources::generator::EventFactory;
-use crate::spec::{GeneratorSpec, PipelineSpec, SourceSpec};
+use mirador_executor::decode::{DecodeStage, Decoder};
+use mirador_executor::enrich::{EnrichStage, LookupPolicy};
+use mirador_executor::event::RawRecord;
+use mirador_executor::infer::{InferStage, InferencePool};
+use mirador_executor::pipeline::PipelineResources;
+use mirador_executor::run::{peak_rss_mb, run_pipeline, RunOptions};
+use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::spec::{GeneratorSpec, PipelineSpec, SourceSpec};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {

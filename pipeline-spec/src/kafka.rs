@@ -7,7 +7,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
-use crate::SpecError;
+use crate::FieldError;
 
 /// A topic to read, in the pipeline spec. Each of its partitions is a partition of the
 /// pipeline.
@@ -60,14 +60,14 @@ fn validate(
     brokers: &str,
     topic: &str,
     properties: &BTreeMap<String, String>,
-) -> Result<(), SpecError> {
+) -> Result<(), FieldError> {
     let brokers_ok = !brokers.is_empty()
         && brokers.split(',').all(|b| {
             b.rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
         });
     if !brokers_ok {
-        return Err(SpecError::new(
+        return Err(FieldError::new(
             format!("{field}.brokers"),
             format!("{brokers:?} is invalid: host:port[,host:port...]"),
         ));
@@ -78,13 +78,13 @@ fn validate(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !topic_ok {
-        return Err(SpecError::new(
+        return Err(FieldError::new(
             format!("{field}.topic"),
             format!("{topic:?} is invalid: 1 to 249 letters, digits, '.', '_' or '-'"),
         ));
     }
     if let Some(key) = properties.keys().find(|k| OWNED.contains(&k.as_str())) {
-        return Err(SpecError::new(
+        return Err(FieldError::new(
             format!("{field}.properties.{key}"),
             "is set by Mirador itself",
         ));
@@ -93,7 +93,7 @@ fn validate(
 }
 
 impl KafkaSourceSpec {
-    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
         validate(field, &self.brokers, &self.topic, &self.properties)
     }
 
@@ -116,7 +116,7 @@ impl KafkaSourceSpec {
 }
 
 impl KafkaSinkSpec {
-    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
         validate(field, &self.brokers, &self.topic, &self.properties)
     }
 
