@@ -338,13 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = run_connector_bench(&options, &scratch).await;
             let _ = std::fs::remove_dir_all(&scratch);
-            let report = report?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(ExitCode::SUCCESS)
+            print_report(&report?, json, |r| r.render())
         }
         Command::BigtableLoad {
             endpoint,
@@ -396,13 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = run_bench(spec, &options).await;
             let _ = std::fs::remove_dir_all(&scratch);
-            let report = report?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(ExitCode::SUCCESS)
+            print_report(&report?, json, |r| r.render())
         }
     }
 }
@@ -413,4 +401,18 @@ fn exit_code(success: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Prints a benchmark's report: as JSON when asked, else as its rendered table.
+fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    render: impl Fn(&R) -> String,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -45,6 +45,16 @@ fn generator_pipeline(dir: &std::path::Path, partitions: u32, events: u64) -> St
     )
 }
 
+async fn start_coordinator(dir: &std::path::Path) -> InProcessCoordinator {
+    InProcessCoordinator::start(
+        &dir.join("raft"),
+        ControlConfig::default(),
+        Arc::new(SpecValidator),
+    )
+    .await
+    .expect("an in-process coordinator starts")
+}
+
 async fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -61,13 +71,7 @@ async fn an_agent_runs_its_partitions_to_the_end_and_commits_them_through_an_in_
 ) {
     const EVENTS: u64 = 600;
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = InProcessCoordinator::start(
-        &dir.path().join("raft"),
-        ControlConfig::default(),
-        Arc::new(SpecValidator),
-    )
-    .await
-    .unwrap();
+    let coordinator = start_coordinator(dir.path()).await;
     let client = Arc::new(InProcessCoordinators::new(coordinator.executors.clone()));
     let agent = Arc::new(ExecutorAgent::with_coordinators(
         agent_config("e1"),
@@ -135,13 +139,7 @@ async fn an_agent_runs_its_partitions_to_the_end_and_commits_them_through_an_in_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_incarnation_is_fenced_as_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = InProcessCoordinator::start(
-        &dir.path().join("raft"),
-        ControlConfig::default(),
-        Arc::new(SpecValidator),
-    )
-    .await
-    .unwrap();
+    let coordinator = start_coordinator(dir.path()).await;
     let client = InProcessCoordinators::new(coordinator.executors.clone());
     let register = RegisterRequest {
         executor_id: "e1".into(),

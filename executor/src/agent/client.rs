@@ -6,6 +6,7 @@
 //! Fencing is a typed error: [`CoordinatorError::Fenced`] means the coordinators refused
 //! this incarnation or epoch for good, and the caller must stop acting on it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use mirador_proto::coordinator::{
     ReleaseRequest, WatchRequest,
 };
 use mirador_proto::leader::LeaderChannel;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// Why a call to the coordinators did not succeed.
@@ -60,6 +62,12 @@ impl From<Status> for CoordinatorError {
 pub type AssignmentStream =
     Pin<Box<dyn Stream<Item = Result<AssignmentSet, CoordinatorError>> + Send>>;
 
+fn assignment_stream(
+    stream: impl Stream<Item = Result<AssignmentSet, Status>> + Send + 'static,
+) -> AssignmentStream {
+    Box::pin(stream.map(|item| item.map_err(CoordinatorError::from)))
+}
+
 /// Everything the executor agent asks of the coordinators.
 pub trait CoordinatorClient: Send + Sync + 'static {
     fn register(
@@ -100,32 +108,35 @@ impl GrpcCoordinators {
     }
 }
 
+impl GrpcCoordinators {
+    /// One unary call at the leader, following redirects.
+    async fn unary<Req, T, F, Fut>(&self, request: Req, call: F) -> Result<T, CoordinatorError>
+    where
+        Req: Clone,
+        F: Fn(ExecutorServiceClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let response = self
+            .channel
+            .call(|channel| call(ExecutorServiceClient::new(channel), request.clone()))
+            .await?;
+        Ok(response.into_inner())
+    }
+}
+
 impl CoordinatorClient for GrpcCoordinators {
     fn register(
         &self,
         request: RegisterRequest,
     ) -> BoxFuture<'_, Result<RegisterResponse, CoordinatorError>> {
-        Box::pin(async move {
-            let response = self
-                .channel
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { ExecutorServiceClient::new(channel).register(request).await }
-                })
-                .await?;
-            Ok(response.into_inner())
-        })
+        Box::pin(self.unary(request, |mut c, r| async move { c.register(r).await }))
     }
 
     fn heartbeat(&self, request: HeartbeatRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
         Box::pin(async move {
-            self.channel
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { ExecutorServiceClient::new(channel).heartbeat(request).await }
-                })
-                .await?;
-            Ok(())
+            self.unary(request, |mut c, r| async move { c.heartbeat(r).await })
+                .await
+                .map(drop)
         })
     }
 
@@ -135,21 +146,12 @@ impl CoordinatorClient for GrpcCoordinators {
     ) -> BoxFuture<'_, Result<AssignmentStream, CoordinatorError>> {
         Box::pin(async move {
             let stream = self
-                .channel
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        ExecutorServiceClient::new(channel)
-                            .watch_assignments(request)
-                            .await
-                    }
-                })
-                .await?
-                .into_inner();
-            Ok(
-                Box::pin(stream.map(|item| item.map_err(CoordinatorError::from)))
-                    as AssignmentStream,
-            )
+                .unary(
+                    request,
+                    |mut c, r| async move { c.watch_assignments(r).await },
+                )
+                .await?;
+            Ok(assignment_stream(stream))
         })
     }
 
@@ -158,29 +160,20 @@ impl CoordinatorClient for GrpcCoordinators {
         request: CommitRequest,
     ) -> BoxFuture<'_, Result<(), CoordinatorError>> {
         Box::pin(async move {
-            self.channel
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        ExecutorServiceClient::new(channel)
-                            .commit_checkpoint(request)
-                            .await
-                    }
-                })
-                .await?;
-            Ok(())
+            self.unary(
+                request,
+                |mut c, r| async move { c.commit_checkpoint(r).await },
+            )
+            .await
+            .map(drop)
         })
     }
 
     fn release(&self, request: ReleaseRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
         Box::pin(async move {
-            self.channel
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { ExecutorServiceClient::new(channel).release(request).await }
-                })
-                .await?;
-            Ok(())
+            self.unary(request, |mut c, r| async move { c.release(r).await })
+                .await
+                .map(drop)
         })
     }
 
@@ -232,10 +225,7 @@ impl<S: ExecutorService> CoordinatorClient for InProcessCoordinators<S> {
                 .watch_assignments(Request::new(request))
                 .await?
                 .into_inner();
-            Ok(
-                Box::pin(stream.map(|item| item.map_err(CoordinatorError::from)))
-                    as AssignmentStream,
-            )
+            Ok(assignment_stream(stream))
         })
     }
 

@@ -84,28 +84,31 @@ mod tests {
         ("p".to_string(), partition)
     }
 
-    fn running_maps() -> impl Strategy<Value = BTreeMap<Key, Current>> {
+    /// Up to 8 partitions of one pipeline, each with an epoch, a version and a flag.
+    fn partitions<T: std::fmt::Debug>(
+        value: fn((u64, u64, bool)) -> T,
+    ) -> impl Strategy<Value = BTreeMap<Key, T>> {
         prop::collection::btree_map(
             (0u32..8).prop_map(key),
-            (1u64..4, 1u64..3, any::<bool>()).prop_map(|(epoch, version, fenced)| Current {
-                epoch,
-                version,
-                fenced,
-            }),
+            (1u64..4, 1u64..3, any::<bool>()).prop_map(value),
             0..8,
         )
     }
 
+    fn running_maps() -> impl Strategy<Value = BTreeMap<Key, Current>> {
+        partitions(|(epoch, version, fenced)| Current {
+            epoch,
+            version,
+            fenced,
+        })
+    }
+
     fn desired_maps() -> impl Strategy<Value = BTreeMap<Key, Desired>> {
-        prop::collection::btree_map(
-            (0u32..8).prop_map(key),
-            (1u64..4, 1u64..3, any::<bool>()).prop_map(|(epoch, version, run)| Desired {
-                epoch,
-                version,
-                run,
-            }),
-            0..8,
-        )
+        partitions(|(epoch, version, run)| Desired {
+            epoch,
+            version,
+            run,
+        })
     }
 
     /// Carries the actions out on a model of what runs here.
@@ -204,24 +207,26 @@ mod tests {
         }
     }
 
+    fn current(epoch: u64, version: u64, fenced: bool) -> Current {
+        Current {
+            epoch,
+            version,
+            fenced,
+        }
+    }
+
+    fn desired(epoch: u64, version: u64, run: bool) -> Desired {
+        Desired {
+            epoch,
+            version,
+            run,
+        }
+    }
+
     #[test]
     fn a_new_version_under_the_same_epoch_stops_with_a_commit_then_starts() {
-        let running = BTreeMap::from([(
-            key(0),
-            Current {
-                epoch: 2,
-                version: 1,
-                fenced: false,
-            },
-        )]);
-        let desired = BTreeMap::from([(
-            key(0),
-            Desired {
-                epoch: 2,
-                version: 2,
-                run: true,
-            },
-        )]);
+        let running = BTreeMap::from([(key(0), current(2, 1, false))]);
+        let desired = BTreeMap::from([(key(0), desired(2, 2, true))]);
         assert_eq!(
             reconcile(&running, &desired),
             vec![
@@ -237,56 +242,14 @@ mod tests {
     #[test]
     fn a_handover_stops_and_releases_and_a_new_epoch_abandons() {
         let running = BTreeMap::from([
-            (
-                key(0),
-                Current {
-                    epoch: 2,
-                    version: 1,
-                    fenced: false,
-                },
-            ),
-            (
-                key(1),
-                Current {
-                    epoch: 2,
-                    version: 1,
-                    fenced: false,
-                },
-            ),
-            (
-                key(2),
-                Current {
-                    epoch: 2,
-                    version: 1,
-                    fenced: true,
-                },
-            ),
+            (key(0), current(2, 1, false)),
+            (key(1), current(2, 1, false)),
+            (key(2), current(2, 1, true)),
         ]);
         let desired = BTreeMap::from([
-            (
-                key(0),
-                Desired {
-                    epoch: 2,
-                    version: 1,
-                    run: false,
-                },
-            ),
-            (
-                key(1),
-                Desired {
-                    epoch: 3,
-                    version: 1,
-                    run: true,
-                },
-            ),
-            (
-                key(2),
-                Desired {
-                    epoch: 2,
-                    version: 1,
-                    run: true,
-                },
-            ),
+            (key(0), desired(2, 1, false)),
+            (key(1), desired(3, 1, true)),
+            (key(2), desired(2, 1, true)),
         ]);
         assert_eq!(
             reconcile(&running, &desired),
