@@ -31,6 +31,37 @@ pub struct CoordinatorConfig {
     pub control: ControlConfig,
 }
 
+/// The services a coordinator offers, over its Raft member, sharing what the leader
+/// observes of executors.
+struct Endpoints {
+    observations: Observations,
+    executors: Arc<ExecutorEndpoint>,
+    admin: Arc<AdminEndpoint>,
+}
+
+impl Endpoints {
+    fn new(
+        raft: &Arc<RaftNode>,
+        control: &ControlConfig,
+        validator: Arc<dyn PipelineValidator>,
+    ) -> Self {
+        let observations = Observations::default();
+        Endpoints {
+            executors: Arc::new(ExecutorEndpoint::new(
+                raft.clone(),
+                observations.clone(),
+                control.clone(),
+            )),
+            admin: Arc::new(AdminEndpoint::new(
+                raft.clone(),
+                observations.clone(),
+                validator,
+            )),
+            observations,
+        }
+    }
+}
+
 /// A running coordinator.
 pub struct Coordinator {
     pub raft: Arc<RaftNode>,
@@ -67,7 +98,7 @@ impl Coordinator {
             )
             .await?,
         );
-        let observations = Observations::default();
+        let endpoints = Endpoints::new(&raft, &config.control, validator);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AdminServer<AdminEndpoint>>()
@@ -80,16 +111,8 @@ impl Coordinator {
             .add_service(health)
             .add_service(reflection)
             .add_service(raft.grpc_service())
-            .add_service(ExecutorServiceServer::new(ExecutorEndpoint::new(
-                raft.clone(),
-                observations.clone(),
-                config.control.clone(),
-            )))
-            .add_service(AdminServer::new(AdminEndpoint::new(
-                raft.clone(),
-                observations.clone(),
-                validator,
-            )));
+            .add_service(ExecutorServiceServer::from_arc(endpoints.executors))
+            .add_service(AdminServer::from_arc(endpoints.admin));
         let server = tokio::spawn(
             router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
@@ -98,12 +121,12 @@ impl Coordinator {
         }
         let control = tokio::spawn(control_loop(
             raft.clone(),
-            observations.clone(),
+            endpoints.observations.clone(),
             config.control.clone(),
         ));
         Ok(Coordinator {
             raft,
-            observations,
+            observations: endpoints.observations,
             server,
             control,
         })
@@ -159,22 +182,12 @@ impl InProcessCoordinator {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let observations = Observations::default();
-        let executors = Arc::new(ExecutorEndpoint::new(
-            raft.clone(),
-            observations.clone(),
-            control.clone(),
-        ));
-        let admin = Arc::new(AdminEndpoint::new(
-            raft.clone(),
-            observations.clone(),
-            validator,
-        ));
-        let control = tokio::spawn(control_loop(raft.clone(), observations, control));
+        let endpoints = Endpoints::new(&raft, &control, validator);
+        let control = tokio::spawn(control_loop(raft.clone(), endpoints.observations, control));
         Ok(InProcessCoordinator {
             raft,
-            executors,
-            admin,
+            executors: endpoints.executors,
+            admin: endpoints.admin,
             control,
         })
     }
