@@ -5,7 +5,7 @@ use std::path::Path;
 
 use std::io::Write;
 
-use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use mirador_executor::PipelineSpec;
 

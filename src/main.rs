@@ -71,7 +71,7 @@ enum Command {
         args: Vec<std::ffi::OsString>,
     },
     /// An executor node: runs the partitions the coordinators assign to it.
-    Executor(cluster::ExecutorArgs),
+    Executor(mirador_executor::node::ExecutorArgs),
     /// The benchmark pipeline run directly and through a one-node region in this process.
     BenchCluster {
         #[arg(long, default_value_t = 6_000_000)]
@@ -217,7 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Executor(args) => {
-            cluster::run_executor(args).await?;
+            mirador_executor::node::run_executor(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin {
@@ -272,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
             json,
         } => {
-            let spec = PipelineSpec::from_file(&pipeline)?;
+            let spec = read_spec(&pipeline)?;
             let pool = InferencePool::default();
             let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
             let options = RunOptions {
@@ -369,7 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { pipeline } => {
-            let spec = PipelineSpec::from_file(&pipeline)?;
+            let spec = read_spec(&pipeline)?;
             println!("{}: pipeline {} is valid", pipeline.display(), spec.name);
             Ok(ExitCode::SUCCESS)
         }
@@ -393,6 +393,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_report(&report?, json, |r| r.render())
         }
     }
+}
+
+/// Reads a spec file. Relative paths inside it are relative to the working directory, like
+/// every other path given to `mirador`.
+fn read_spec(path: &std::path::Path) -> Result<PipelineSpec, mirador_executor::FieldError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        mirador_executor::FieldError::new(
+            "pipeline",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    PipelineSpec::from_yaml(&text)
 }
 
 fn exit_code(success: bool) -> ExitCode {

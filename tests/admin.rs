@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::services::{free_port, KafkaBroker};
-use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;

@@ -15,7 +15,7 @@ use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::event_id;
 use mirador_cluster_tests::services::{read_topic, KafkaBroker};
-use mirador_executor::sources::generator::EventFactory;
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;

@@ -1,9 +1,10 @@
 //! Real services started by the tests themselves, on loopback, stopped by their pid.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -13,13 +14,25 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const CBTEMULATOR: &str = "/usr/lib/google-cloud-sdk/platform/bigtable-emulator/cbtemulator";
 
-/// A port nobody listens on now.
+/// A port nobody listens on now, and one this process has not handed out before: the
+/// kernel may offer a port it just freed again, and two services of one test binary
+/// started on the same port would each see the other's traffic.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 fn wait_for_port(port: u16, what: &str) {
@@ -30,6 +43,16 @@ fn wait_for_port(port: u16, what: &str) {
             "{what} did not listen on 127.0.0.1:{port}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `child` listens on `port`, and checks that it is `child` that listens: a
+/// service that could not bind exits, and whatever else holds the port would answer.
+fn wait_for_child(child: &mut Child, port: u16, what: &str) {
+    wait_for_port(port, what);
+    std::thread::sleep(Duration::from_millis(50));
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("{what} exited at start ({status}): 127.0.0.1:{port} is held by another process");
     }
 }
 
@@ -69,14 +92,14 @@ impl BigtableEmulator {
     /// Starts it again on the same port (empty: it keeps nothing).
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(Self::binary())
+        let mut child = Command::new(Self::binary())
             .args(["-host", "127.0.0.1", "-port", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the Bigtable emulator starts");
+        wait_for_child(&mut child, self.port, "the Bigtable emulator");
         self.child = Some(child);
-        wait_for_port(self.port, "the Bigtable emulator");
     }
 
     pub fn stop(&mut self) {
@@ -160,13 +183,13 @@ impl KafkaBroker {
                 .args(["--storage-engine", "sqlite://tansu.db"]),
             None => command.args(["--storage-engine", "memory://tansu/"]),
         };
-        let child = command
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts");
+        wait_for_child(&mut child, self.port, "the Kafka broker");
         self.child = Some(child);
-        wait_for_port(self.port, "the Kafka broker");
     }
 
     /// `kill -9`, then starts it again on the same port: a broker on disk comes back with
@@ -232,13 +255,13 @@ impl PubsubEmulator {
             path.display()
         );
         let port = free_port();
-        let child = Command::new(path)
+        let mut child = Command::new(path)
             .args(["--host=127.0.0.1", &format!("--port={port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the Pub/Sub emulator starts");
-        wait_for_port(port, "the Pub/Sub emulator");
+        wait_for_child(&mut child, port, "the Pub/Sub emulator");
         PubsubEmulator { port, child }
     }
 

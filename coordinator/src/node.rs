@@ -9,22 +9,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use mirador_spec::{partition_count, DeviceSpec, PipelineSpec};
+use futures::future::BoxFuture;
+use mirador_spec::{DeviceSpec, PipelineSpec};
 use serde::Deserialize;
 
 use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
 use crate::control::ControlConfig;
 use crate::server::{Coordinator, CoordinatorConfig};
 
-/// Checks pipeline specs for the admin API with the executors' own schema, counting a Kafka
-/// topic's partitions on its brokers.
-pub struct SpecValidator;
+/// How a pipeline's partitions are counted (a Kafka topic's on its brokers): the
+/// connectors' registry, which the binary passes in; this library has no connector.
+pub type CountPartitions = for<'a> fn(&'a PipelineSpec) -> BoxFuture<'a, anyhow::Result<u32>>;
+
+/// Checks pipeline specs for the admin API with the executors' own schema, counting their
+/// partitions with the connectors.
+pub struct SpecValidator {
+    count: CountPartitions,
+}
+
+impl SpecValidator {
+    pub fn new(count: CountPartitions) -> Self {
+        SpecValidator { count }
+    }
+}
 
 #[tonic::async_trait]
 impl PipelineValidator for SpecValidator {
     async fn validate(&self, yaml: &str) -> Result<ValidPipeline, FieldError> {
         let spec = PipelineSpec::from_yaml(yaml)?;
-        let partitions = partition_count(&spec).await.map_err(|e| {
+        let partitions = (self.count)(&spec).await.map_err(|e| {
             FieldError::new("source", format!("cannot count the partitions: {e:#}"))
         })?;
         Ok(ValidPipeline {
@@ -95,7 +108,8 @@ struct CoordinatorFile {
 }
 
 pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
-    let file: CoordinatorFile = mirador_spec::read_config_file(args.config.as_deref())?;
+    let file: CoordinatorFile = mirador_proto::config::read_config_file(args.config.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let node_id = args
         .id
         .or(file.id)
@@ -162,7 +176,8 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
 }
 
 /// Runs a coordinator node until ctrl-c.
-pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+/// Runs a coordinator node until Ctrl-C, checking pipelines with `validator`.
+pub async fn run(args: CoordinatorArgs, validator: SpecValidator) -> anyhow::Result<()> {
     let config = coordinator_config(args)?;
     eprintln!(
         "mirador coordinator {} on {} (initial members {:?}), data in {}",
@@ -171,7 +186,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         config.members,
         config.data_dir.display()
     );
-    let coordinator = Coordinator::start(config, Arc::new(SpecValidator)).await?;
+    let coordinator = Coordinator::start(config, Arc::new(validator)).await?;
     tokio::signal::ctrl_c().await?;
     coordinator.shutdown().await;
     Ok(())

@@ -10,6 +10,8 @@ use mirador_actors::{Output, ReasonCode, Stage, StageError};
 use prost::Message;
 use serde::Deserialize;
 
+#[cfg(test)]
+use crate::event::to_protobuf;
 use crate::event::{DecodedRecord, Event, EventType, RawRecord};
 use crate::spec::{DecodeSpec, PayloadFormat};
 
@@ -284,22 +286,6 @@ fn protobuf_fields(payload: &[u8]) -> Result<Fields<'static>, Rejection> {
     })
 }
 
-/// Encodes an event as the protobuf `Event`.
-pub fn to_protobuf(event: &Event) -> Vec<u8> {
-    mirador_proto::records::Event {
-        event_id: event.event_id.clone(),
-        customer_id: event.customer_id.clone(),
-        event_type: event.event_type.as_str().to_string(),
-        channel: event.channel.clone().unwrap_or_default(),
-        campaign_id: event.campaign_id.clone().unwrap_or_default(),
-        product_id: event.product_id.clone().unwrap_or_default(),
-        value: event.value,
-        event_time_ms: event.event_time,
-        attributes: event.attributes.clone().into_iter().collect(),
-    }
-    .encode_to_vec()
-}
-
 /// The decode stage.
 pub struct DecodeStage {
     decoder: Decoder,
@@ -343,8 +329,8 @@ impl Stage for DecodeStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::generator::{EventFactory, Poison};
     use crate::spec::GeneratorSpec;
+    use mirador_connectors::generator::{EventFactory, Poison};
 
     const NOW: i64 = 1_790_000_000_000;
 

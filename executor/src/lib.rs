@@ -1,16 +1,17 @@
-//! The Mirador executor: partition pipelines with their connectors and stages.
+//! The Mirador executor: partition pipelines, their stages and the node agent, over the
+//! connectors of `mirador-connectors`.
 
 pub mod agent;
 pub mod checkpoint_store;
-pub mod connectors;
 pub mod decode;
 pub mod enrich;
-pub mod event;
 pub mod infer;
+pub mod node;
 pub mod pipeline;
 pub mod run;
-pub mod sinks;
-pub mod sources;
+/// The connectors (sources, lookups, sinks), from their own crate (no libtorch).
+pub use mirador_connectors as connectors;
+pub use mirador_connectors::{event, sinks};
 /// Pipeline specs, from their own crate (which coordinators share without libtorch).
 pub use mirador_spec as spec;
 

@@ -7,25 +7,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mirador_actors::{
     link, CheckpointTracker, DeadLetter, Generation, GenerationFactory, PipelineSnapshot,
-    SourceEnd, SourceRunner, StageError, StageRunner, StageSlot, StageSnapshot, StageStats,
+    SourceEnd, StageError, StageRunner, StageSnapshot, StageStats,
 };
+use mirador_connectors::registry;
+pub use mirador_connectors::registry::partition_count;
 
-use crate::connectors::bigtable::{BigtableLookup, BigtableSink};
-use crate::connectors::kafka::{KafkaRecord, KafkaSink, KafkaSource};
-use crate::connectors::pubsub::{PubsubSink, PubsubSource};
 use crate::decode::{DecodeStage, Decoder};
-use crate::enrich::{
-    CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, Features, LookupPolicy,
-};
+use crate::enrich::{EnrichStage, FeatureCache, FeatureLookup, Features, LookupPolicy};
 use crate::event::{ModelId, ScoredRecord};
 use crate::infer::{InferStage, InferenceBatcher, InferencePool, EVENT_FEATURES};
-use crate::sinks::{
-    EncodeContext, JsonLine, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, RecordSink,
-    SinkStage,
-};
-use crate::sources::{FileSource, GeneratorSource};
-use crate::spec::{PipelineSpec, SinkSpec, SinkTarget, SourceSpec};
-pub use mirador_spec::partition_count;
+use crate::sinks::{EncodeContext, LatencyRecorder, ReasonCounts, RecordSink, SinkStage};
+use crate::spec::PipelineSpec;
 
 /// The stages of a partition pipeline, in pipeline order (the source first, as the
 /// actors crate requires). Stats and snapshots are looked up by these, never by position.
@@ -119,93 +111,11 @@ pub struct PipelineResources {
     pub partitions: u32,
 }
 
-/// A target that takes any record with a JSON line and a Kafka form: every kind but
-/// Bigtable, which only takes scored records.
-async fn record_sink<T>(
-    target: &SinkTarget,
-    field: &str,
-    source: &str,
-) -> anyhow::Result<Arc<dyn RecordSink<T>>>
-where
-    T: JsonLine + KafkaRecord + Send + Sync + 'static,
-{
-    Ok(match target {
-        SinkTarget::File(file) => Arc::new(JsonlTarget::File(Arc::new(std::sync::Mutex::new(
-            JsonlFile::open(&file.path)
-                .map_err(|e| anyhow::anyhow!("{field}.file.path: {}: {e}", file.path.display()))?,
-        )))),
-        SinkTarget::Stdout => Arc::new(JsonlTarget::Stdout),
-        SinkTarget::Null => Arc::new(JsonlTarget::Null),
-        SinkTarget::Kafka(kafka) => Arc::new(KafkaSink::connect(kafka, source.to_string())?),
-        SinkTarget::Pubsub(pubsub) => {
-            Arc::new(PubsubSink::connect(pubsub, source.to_string()).await?)
-        }
-        SinkTarget::Bigtable(_) => {
-            anyhow::bail!("{field}.bigtable: only scored records go to bigtable")
-        }
-    })
-}
-
-async fn scored_sinks(
-    spec: &SinkSpec,
-    source: &str,
-) -> anyhow::Result<Vec<Arc<dyn RecordSink<ScoredRecord>>>> {
-    let mut sinks: Vec<Arc<dyn RecordSink<ScoredRecord>>> = Vec::new();
-    for target in &spec.targets {
-        sinks.push(match target {
-            SinkTarget::Bigtable(bigtable) => Arc::new(BigtableSink::connect(bigtable).await?),
-            other => record_sink(other, "sink", source).await?,
-        });
-    }
-    Ok(sinks)
-}
-
-async fn dead_letter_sinks(
-    spec: &SinkSpec,
-    source: &str,
-) -> anyhow::Result<Vec<Arc<dyn RecordSink<DeadLetter>>>> {
-    let mut sinks = Vec::new();
-    for target in &spec.targets {
-        sinks.push(record_sink(target, "dead_letter", source).await?);
-    }
-    Ok(sinks)
-}
-
-/// The features of an unknown customer under `on_miss: default`.
-fn default_features(spec: &PipelineSpec) -> Features {
-    let enrichment = &spec.enrichment;
-    enrichment
-        .features
-        .iter()
-        .map(|name| enrichment.defaults.get(name).copied().unwrap_or(0.0))
-        .collect()
-}
-
 impl PipelineResources {
     /// Connects the feature lookup, starts (or joins) the model's batcher, opens the sinks.
     pub async fn build(spec: PipelineSpec, pool: &InferencePool) -> anyhow::Result<Self> {
-        if let SourceSpec::File(file) = &spec.source {
-            anyhow::ensure!(
-                file.path.is_file(),
-                "source.file.path: {} is not a file",
-                file.path.display()
-            );
-        }
-        let enrichment = &spec.enrichment;
-        let lookup: Arc<dyn FeatureLookup> = match (&enrichment.table, &enrichment.bigtable) {
-            (Some(table), _) => {
-                let table = CsvFeatureTable::load(&table.path, &enrichment.features)?;
-                tracing::info!(customers = table.len(), "feature table loaded");
-                Arc::new(table)
-            }
-            (None, Some(bigtable)) => Arc::new(
-                BigtableLookup::connect(bigtable, enrichment.qualifiers(), default_features(&spec))
-                    .await?,
-            ),
-            (None, None) => {
-                anyhow::bail!("enrichment: exactly one of `table` or `bigtable` is needed")
-            }
-        };
+        registry::check_source(&spec)?;
+        let lookup = registry::lookup(&spec).await?;
         Self::with_lookup(spec, lookup, pool).await
     }
 
@@ -223,14 +133,15 @@ impl PipelineResources {
                 enrichment.cache.max_bytes,
                 Duration::from_secs(enrichment.cache.ttl_secs),
             ),
-            defaults: default_features(&spec),
+            defaults: enrichment.default_values().into(),
             batcher,
             model: Arc::new(ModelId {
                 name: spec.model.name.clone(),
                 version: spec.model.version.clone(),
             }),
-            sink: scored_sinks(&spec.sink, &spec.source_name()).await?,
-            dead_letter: dead_letter_sinks(&spec.dead_letter, &spec.source_name()).await?,
+            sink: registry::scored_sinks(&spec.sink, &spec.source_name()).await?,
+            dead_letter: registry::dead_letter_sinks(&spec.dead_letter, &spec.source_name())
+                .await?,
             partitions: partition_count(&spec).await?,
             context: EncodeContext {
                 feature_names: enrichment.features.clone().into(),
@@ -277,44 +188,14 @@ impl PartitionFactory {
         let (infer_tx, infer_rx) = link(capacity);
         let (dead_tx, dead_rx) = link::<DeadLetter>(capacity);
 
-        let max_payload = spec.decode.max_payload_bytes;
-        let batch = spec.batching.max_records;
-        let source: Box<dyn StageSlot> = match &spec.source {
-            SourceSpec::File(file) => Box::new(SourceRunner::new(
-                FileSource::open(&file.path, batch, max_payload, tracker.clone())?,
-                source_tx,
-                self.stats.get(StageId::Source),
-            )),
-            SourceSpec::Pubsub(pubsub) => Box::new(SourceRunner::new(
-                PubsubSource::start(pubsub, self.partition, batch, tracker.clone()).await?,
-                source_tx,
-                self.stats.get(StageId::Source),
-            )),
-            SourceSpec::Kafka(kafka) => Box::new(SourceRunner::new(
-                KafkaSource::start(
-                    kafka,
-                    self.partition,
-                    batch,
-                    tracker.clone(),
-                    self.stats.get(StageId::Source).source_end.clone(),
-                )?,
-                source_tx,
-                self.stats.get(StageId::Source),
-            )),
-            SourceSpec::Generator(generator) => Box::new(SourceRunner::new(
-                GeneratorSource::new(
-                    generator,
-                    self.partition,
-                    spec.decode.format,
-                    max_payload,
-                    batch,
-                    tracker.clone(),
-                    &self.stats.get(StageId::Source).source_end,
-                ),
-                source_tx,
-                self.stats.get(StageId::Source),
-            )),
-        };
+        let source = registry::source(
+            spec,
+            self.partition,
+            tracker.clone(),
+            source_tx,
+            self.stats.get(StageId::Source),
+        )
+        .await?;
 
         let decoder = Decoder::new(&spec.decode);
         let decode = StageRunner::new(

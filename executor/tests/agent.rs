@@ -12,6 +12,7 @@ use mirador_coordinator::server::InProcessCoordinator;
 use mirador_executor::agent::{
     AgentConfig, CoordinatorClient, CoordinatorError, ExecutorAgent, InProcessCoordinators,
 };
+use mirador_executor::connectors::registry;
 use mirador_executor::infer::InferencePool;
 use mirador_executor::pipeline::Counts;
 use mirador_proto::admin::admin_server::Admin;
@@ -49,7 +50,7 @@ async fn start_coordinator(dir: &std::path::Path) -> InProcessCoordinator {
     InProcessCoordinator::start(
         &dir.join("raft"),
         ControlConfig::default(),
-        Arc::new(SpecValidator),
+        Arc::new(SpecValidator::new(registry::count_partitions)),
     )
     .await
     .expect("an in-process coordinator starts")

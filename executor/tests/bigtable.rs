@@ -199,7 +199,7 @@ async fn replaying_the_same_input_into_the_bigtable_sink_leaves_the_table_identi
         seed: 4,
         rate_per_sec: None,
     };
-    let factory = mirador_executor::sources::generator::EventFactory::new(
+    let factory = mirador_executor::connectors::generator::EventFactory::new(
         &generator,
         0,
         mirador_executor::spec::PayloadFormat::Json,

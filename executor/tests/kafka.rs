@@ -9,9 +9,9 @@ use std::time::Duration;
 use common::services::{read_topic, KafkaBroker};
 use mirador_actors::{CheckpointTracker, Position, Source, SourceEnd};
 use mirador_cluster_tests::event_id;
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::connectors::kafka::{KafkaSource, KafkaSourceSpec};
 use mirador_executor::infer::InferencePool;
-use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -159,7 +159,7 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     broker.create_topic("scored", 1);
     broker.create_topic("dead", 1);
     let brokers = broker.brokers();
-    let events = mirador_executor::sources::generator::EventFactory::new(
+    let events = mirador_executor::connectors::generator::EventFactory::new(
         &GeneratorSpec {
             events: None,
             partitions: 1,

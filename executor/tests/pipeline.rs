@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::enrich::{CsvFeatureTable, FeatureLookup, Features, LookupError};
 use mirador_executor::infer::InferencePool;
-use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{PayloadFormat, SourceSpec};
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions, RunReport};
 use serde_json::Value;

@@ -11,9 +11,9 @@ use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::client::{Publisher, Subscriber};
 use google_cloud_pubsub::model::Message;
 use mirador_cluster_tests::event_id;
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
 use mirador_executor::infer::InferencePool;
-use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions};
 

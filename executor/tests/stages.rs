@@ -11,6 +11,8 @@ use mirador_actors::{
     link, CheckpointTracker, DeadLetter, LinkReceiver, LinkSender, Origin, Position, ReasonCode,
     Source, SourceEnd, Stage, StageError, StageRunner, StageSlot, StageStats,
 };
+use mirador_executor::connectors::file::FileSource;
+use mirador_executor::connectors::generator::GeneratorSource;
 use mirador_executor::decode::{DecodeStage, Decoder};
 use mirador_executor::enrich::{
     CsvFeatureTable, EnrichStage, FeatureCache, FeatureLookup, LookupPolicy,
@@ -23,7 +25,6 @@ use mirador_executor::infer::{InferStage, InferenceBatcher, Scorer, TorchModel};
 use mirador_executor::sinks::{
     EncodeContext, JsonlFile, JsonlTarget, LatencyRecorder, ReasonCounts, SinkStage,
 };
-use mirador_executor::sources::{FileSource, GeneratorSource};
 use mirador_executor::spec::{
     DecodeSpec, DeviceSpec, GeneratorSpec, LookupFailurePolicy, MissPolicy, PayloadFormat,
 };

@@ -263,6 +263,15 @@ impl EnrichmentSpec {
             .map(|f| self.columns.get(f).unwrap_or(f).clone())
             .collect()
     }
+
+    /// The features of an unknown customer under `on_miss: default`, in the order of
+    /// `features` (a feature without a default is 0).
+    pub fn default_values(&self) -> Vec<f32> {
+        self.features
+            .iter()
+            .map(|name| self.defaults.get(name).copied().unwrap_or(0.0))
+            .collect()
+    }
 }
 
 fn default_lookup_timeout() -> u64 {
@@ -477,15 +486,6 @@ impl PipelineSpec {
         })?;
         spec.validate()?;
         Ok(spec)
-    }
-
-    /// Reads a spec file. Relative paths inside it are relative to the working directory,
-    /// like every other path given to `mirador`.
-    pub fn from_file(path: &Path) -> Result<Self, FieldError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            FieldError::new("pipeline", format!("cannot read {}: {e}", path.display()))
-        })?;
-        Self::from_yaml(&text)
     }
 
     /// Checks every value; does no I/O.
@@ -784,37 +784,6 @@ fn non_empty_path(field: &str, path: &Path) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// How many partitions a pipeline has: its generator partitions or Pub/Sub lanes, or its
-/// Kafka topic's partitions (asked of the brokers).
-pub async fn partition_count(spec: &PipelineSpec) -> anyhow::Result<u32> {
-    Ok(match (&spec.source, spec.partitions()) {
-        (_, Some(partitions)) => partitions,
-        (SourceSpec::Kafka(kafka), None) => {
-            let kafka = kafka.clone();
-            tokio::task::spawn_blocking(move || {
-                kafka::partitions_of(&kafka, Duration::from_secs(10))
-            })
-            .await??
-        }
-        (_, None) => 1,
-    })
-}
-
-/// A YAML config file into `T` (its defaults when there is no file); errors name the file
-/// and the field.
-pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(
-    path: Option<&Path>,
-) -> anyhow::Result<T> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("--config: {}: {e}", path.display()))?;
-    let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(deserializer)
-        .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -981,7 +950,7 @@ dead_letter:
         for name in ["kafka-bigtable", "pubsub-bigtable"] {
             let path =
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.yaml"));
-            let spec = PipelineSpec::from_file(&path).unwrap();
+            let spec = PipelineSpec::from_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap();
             assert_eq!(spec.name, name);
         }
     }
@@ -989,7 +958,7 @@ dead_letter:
     #[test]
     fn the_bundled_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local.yaml");
-        let spec = PipelineSpec::from_file(&path).unwrap();
+        let spec = PipelineSpec::from_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(spec.name, "local");
     }
 }

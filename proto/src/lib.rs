@@ -1,7 +1,8 @@
 //! Generated protobuf types shared by every Mirador crate, the transport that carries
 //! them (every channel and server), the client channel that follows a region's Raft
-//! leader, and the one retry policy.
+//! leader, the one retry policy, and the reader of node config files.
 
+pub mod config;
 pub mod leader;
 pub mod retry;
 pub mod transport;

@@ -12,12 +12,12 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use mirador_executor::connectors::bigtable::{BigtableLookup, BigtableSpec};
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::connectors::kafka::{produce, QuietConsumer, QuietContext};
 use mirador_executor::connectors::pubsub::{create_subscription, create_topic, publish};
 use mirador_executor::enrich::FeatureLookup;
 use mirador_executor::infer::InferencePool;
 use mirador_executor::run::{run_pipeline, RunOptions};
-use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat, PipelineSpec};
 use mirador_executor::PipelineResources;
 

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use mirador_actors::{CheckpointTracker, Origin, Output, Position, Stage};
 use serde::Serialize;
 
+use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::decode::{DecodeStage, Decoder};
 use mirador_executor::enrich::{EnrichStage, LookupPolicy};
 use mirador_executor::event::RawRecord;
 use mirador_executor::infer::{InferStage, InferencePool};
 use mirador_executor::pipeline::PipelineResources;
 use mirador_executor::run::{peak_rss_mb, run_pipeline, RunOptions};
-use mirador_executor::sources::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PipelineSpec, SourceSpec};
 
 #[derive(Debug, Clone, Serialize)]

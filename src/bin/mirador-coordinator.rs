@@ -5,7 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mirador_coordinator::node::{self, CoordinatorArgs};
+use mirador_connectors::registry;
+use mirador_coordinator::node::{self, CoordinatorArgs, SpecValidator};
 
 // Logging, the runtime and errors, as the `mirador` binary has them.
 #[path = "../entry.rs"]
@@ -25,7 +26,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     entry::run(async {
-        node::run(cli.args).await?;
+        node::run(cli.args, SpecValidator::new(registry::count_partitions)).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -9,8 +9,7 @@ use bigtable_rs::bigtable::{BigTable, BigTableConnection};
 
 pub use admin::{create_table, load_features};
 pub use lookup::BigtableLookup;
-// The spec types live in `mirador-spec`, so that coordinators check specs without
-// linking libtorch.
+// The spec types live in `mirador-spec`, so that specs are checked without any client.
 pub use mirador_spec::bigtable::BigtableSpec;
 pub use sink::BigtableSink;
 

@@ -3,76 +3,29 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mirador_actors::{DeadLetter, StageError};
+use mirador_actors::StageError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{KafkaKey, KafkaSinkSpec};
-use crate::event::ScoredRecord;
-use crate::sinks::{EncodeContext, JsonLine, RecordSink};
+use crate::sinks::{EncodeContext, MessageRecord, RecordSink};
 
-/// How a record becomes a Kafka message.
-pub trait KafkaRecord {
-    fn key(&self, key: KafkaKey) -> Option<Vec<u8>>;
-    fn value(&self, context: &EncodeContext, now: &str) -> Vec<u8>;
-    fn headers(&self, source: &str) -> Option<OwnedHeaders>;
-}
-
-impl KafkaRecord for ScoredRecord {
-    fn key(&self, key: KafkaKey) -> Option<Vec<u8>> {
-        Some(
-            match key {
-                KafkaKey::CustomerId => &self.event.customer_id,
-                KafkaKey::EventId => &self.event.event_id,
-            }
-            .as_bytes()
-            .to_vec(),
-        )
+/// A record's attributes as Kafka headers; none for a record without attributes.
+fn headers(attributes: &[(&'static str, String)]) -> Option<OwnedHeaders> {
+    if attributes.is_empty() {
+        return None;
     }
-
-    fn value(&self, context: &EncodeContext, now: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(512);
-        self.write_line(context, now, &mut out);
-        out
-    }
-
-    fn headers(&self, _source: &str) -> Option<OwnedHeaders> {
-        None
-    }
-}
-
-/// A dead letter travels as its original bytes; what happened to it is in the headers.
-impl KafkaRecord for DeadLetter {
-    fn key(&self, _key: KafkaKey) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn value(&self, _context: &EncodeContext, _now: &str) -> Vec<u8> {
-        self.origin.payload.to_vec()
-    }
-
-    fn headers(&self, source: &str) -> Option<OwnedHeaders> {
-        let partition = self.origin.position.partition.to_string();
-        let offset = self.origin.position.offset.to_string();
-        Some(
-            [
-                ("stage", self.stage),
-                ("reason", self.reason.as_str()),
-                ("message", self.message.as_str()),
-                ("source", source),
-                ("partition", partition.as_str()),
-                ("offset", offset.as_str()),
-            ]
-            .into_iter()
+    Some(
+        attributes
+            .iter()
             .fold(OwnedHeaders::new(), |headers, (key, value)| {
                 headers.insert(Header {
                     key,
                     value: Some(value.as_bytes()),
                 })
             }),
-        )
-    }
+    )
 }
 
 pub struct KafkaSink {
@@ -85,8 +38,7 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     pub fn connect(spec: &KafkaSinkSpec, source: String) -> anyhow::Result<Self> {
-        let producer = spec
-            .client_config()
+        let producer = super::producer_config(spec)
             .create()
             .map_err(|e| anyhow::anyhow!("kafka producer for {}: {e}", spec.topic))?;
         Ok(KafkaSink {
@@ -106,7 +58,7 @@ impl Drop for KafkaSink {
     }
 }
 
-impl<T: KafkaRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
+impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
     fn write<'a>(
         &'a self,
         batch: &'a [T],
@@ -127,7 +79,7 @@ impl<T: KafkaRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
                     if let Some(key) = &key {
                         message = message.key(key);
                     }
-                    if let Some(headers) = record.headers(&self.source) {
+                    if let Some(headers) = headers(&record.attributes(&self.source)) {
                         message = message.headers(headers);
                     }
                     match self.producer.send_result(message) {
@@ -158,21 +110,6 @@ async fn land(pending: &mut Vec<DeliveryFuture>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A raw payload, produced as it is: no key, no headers.
-impl KafkaRecord for Vec<u8> {
-    fn key(&self, _key: KafkaKey) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn value(&self, _context: &EncodeContext, _now: &str) -> Vec<u8> {
-        self.clone()
-    }
-
-    fn headers(&self, _source: &str) -> Option<OwnedHeaders> {
-        None
-    }
 }
 
 /// Produces raw payloads to a topic (for loading test and demo input), through the same

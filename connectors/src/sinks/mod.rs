@@ -1,8 +1,8 @@
 //! Sinks: where scored records and dead letters are written. A record is acknowledged to
 //! its partition's checkpoint tracker only after the write that holds it returned.
 
-pub mod file;
 pub mod json;
+mod message;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,8 +12,9 @@ use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use mirador_actors::{CheckpointTracker, Output, ReasonCode, Stage, StageError, Traced};
 
-pub use file::JsonlFile;
+pub use crate::file::JsonlFile;
 pub use json::{EncodeContext, JsonLine};
+pub use message::MessageRecord;
 
 use crate::event::ScoredRecord;
 

@@ -8,8 +8,7 @@ use google_cloud_pubsub::model::Message;
 use mirador_actors::StageError;
 
 use super::PubsubSinkSpec;
-use crate::connectors::kafka::KafkaRecord;
-use crate::sinks::{EncodeContext, RecordSink};
+use crate::sinks::{EncodeContext, MessageRecord, RecordSink};
 
 pub struct PubsubSink {
     publisher: Publisher,
@@ -51,26 +50,20 @@ fn truncate(text: &str, max: usize) -> &str {
 
 /// Dead letters carry what happened to them as attributes, the same fields as the Kafka
 /// headers; scored records carry none. The message body is what a Kafka sink would write.
-fn attributes<T: KafkaRecord>(record: &T, source: &str) -> HashMap<String, String> {
+fn attributes<T: MessageRecord>(record: &T, source: &str) -> HashMap<String, String> {
     record
-        .headers(source)
-        .map(|headers| {
-            use rdkafka::message::Headers;
-            headers
-                .iter()
-                .map(|h| {
-                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
-                    (
-                        h.key.to_string(),
-                        truncate(&value, MAX_ATTRIBUTE_BYTES).to_string(),
-                    )
-                })
-                .collect()
+        .attributes(source)
+        .into_iter()
+        .map(|(key, value)| {
+            (
+                key.to_string(),
+                truncate(&value, MAX_ATTRIBUTE_BYTES).to_string(),
+            )
         })
-        .unwrap_or_default()
+        .collect()
 }
 
-impl<T: KafkaRecord + Send + Sync + 'static> RecordSink<T> for PubsubSink {
+impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for PubsubSink {
     fn write<'a>(
         &'a self,
         batch: &'a [T],

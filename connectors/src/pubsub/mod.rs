@@ -8,8 +8,7 @@ mod source;
 use google_cloud_auth::credentials::{anonymous, Credentials};
 
 pub use admin::{create_subscription, create_topic, publish};
-// The spec types live in `mirador-spec`, so that coordinators check specs without
-// linking libtorch.
+// The spec types live in `mirador-spec`, so that specs are checked without any client.
 pub use mirador_spec::pubsub::{PubsubSinkSpec, PubsubSourceSpec};
 pub use sink::PubsubSink;
 pub use source::PubsubSource;

@@ -12,7 +12,7 @@ use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::{
 };
 
 use super::BigtableSpec;
-use crate::enrich::table::{FeatureCsv, FeatureRow};
+use crate::file::{FeatureCsv, FeatureRow};
 
 /// Creates the spec's table with its column family on an emulator; an existing table is
 /// left as it is. (On Google Cloud, tables are made by the platform's own tooling.)

@@ -139,6 +139,21 @@ pub fn write_millis(millis: i64, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
+/// Encodes an event as the protobuf `Event`.
+pub fn to_protobuf(event: &Event) -> Vec<u8> {
+    prost::Message::encode_to_vec(&mirador_proto::records::Event {
+        event_id: event.event_id.clone(),
+        customer_id: event.customer_id.clone(),
+        event_type: event.event_type.as_str().to_string(),
+        channel: event.channel.clone().unwrap_or_default(),
+        campaign_id: event.campaign_id.clone().unwrap_or_default(),
+        product_id: event.product_id.clone().unwrap_or_default(),
+        value: event.value,
+        event_time_ms: event.event_time,
+        attributes: event.attributes.clone().into_iter().collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

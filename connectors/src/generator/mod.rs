@@ -14,9 +14,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
-use crate::decode::to_protobuf;
-use crate::event::{Event, EventType, RawRecord};
-use crate::spec::{GeneratorSpec, PayloadFormat};
+use mirador_spec::{GeneratorSpec, PayloadFormat};
+
+use crate::event::{to_protobuf, Event, EventType, RawRecord};
 
 /// Kinds of poison the generator writes, one reason code each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{FeatureLookup, Features, LookupError};
+use crate::lookup::{FeatureLookup, Features, LookupError};
 
 /// Customer features loaded from a CSV file whose first column is the customer id and
 /// whose header names the other columns.

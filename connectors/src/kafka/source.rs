@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
 use mirador_proto::retry::Backoff;
-use mirador_spec::kafka::QuietContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::KafkaSourceSpec;
+use super::{KafkaSourceSpec, QuietContext};
 use crate::event::RawRecord;
 
 /// Between polls while the consumer reports errors (this is the polling thread).
@@ -54,8 +53,7 @@ impl KafkaSource {
         tracker: Arc<CheckpointTracker>,
         end: Arc<SourceEnd>,
     ) -> Result<Self, StageError> {
-        let consumer: QuietConsumer = spec
-            .client_config()
+        let consumer: QuietConsumer = super::consumer_config(spec)
             .create_with_context(QuietContext)
             .map_err(|e| StageError::Fatal(format!("source.kafka: {e}")))?;
         let start = tracker

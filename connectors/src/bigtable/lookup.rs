@@ -8,7 +8,7 @@ use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowFilter, RowSet};
 use futures::future::BoxFuture;
 
 use super::BigtableSpec;
-use crate::enrich::{FeatureLookup, Features, LookupError};
+use crate::lookup::{FeatureLookup, Features, LookupError};
 
 /// Reads a row per customer (row key: the customer id) and a cell per feature (qualifier:
 /// the feature's column, by default its name; value: the number as decimal text, as

@@ -1,5 +1,0 @@
-//! Connectors to outside systems, one folder each.
-
-pub mod bigtable;
-pub mod kafka;
-pub mod pubsub;

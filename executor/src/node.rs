@@ -1,0 +1,95 @@
+//! An executor node of a region's cluster, from a config file and flags (a flag wins over
+//! the file): what `mirador executor` runs. The coordinator's counterpart is
+//! `mirador_coordinator::node`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::agent::{AgentConfig, ExecutorAgent};
+use crate::infer::InferencePool;
+
+#[derive(Args, Debug)]
+pub struct ExecutorArgs {
+    /// A YAML file with any of the settings below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<String>,
+    /// host:port of the region's coordinators, comma-separated.
+    #[arg(long)]
+    coordinators: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Partitions it runs at most.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// host:port shown to operators.
+    #[arg(long)]
+    address: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecutorFile {
+    id: Option<String>,
+    coordinators: Option<Vec<String>>,
+    region: Option<String>,
+    slots: Option<u32>,
+    address: Option<String>,
+}
+
+pub fn executor_config(args: ExecutorArgs) -> anyhow::Result<AgentConfig> {
+    let file: ExecutorFile = mirador_proto::config::read_config_file(args.config.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let executor_id = args
+        .id
+        .or(file.id)
+        .ok_or_else(|| anyhow::anyhow!("id: needed (--id or `id:` in --config)"))?;
+    anyhow::ensure!(!executor_id.is_empty(), "id: must not be empty");
+    let coordinators: Vec<String> = match args.coordinators {
+        Some(text) => text
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => file.coordinators.unwrap_or_default(),
+    };
+    anyhow::ensure!(
+        !coordinators.is_empty(),
+        "coordinators: needed (--coordinators host:port,...)"
+    );
+    let slots = args.slots.or(file.slots).unwrap_or(8);
+    anyhow::ensure!(
+        (1..=10_000).contains(&slots),
+        "slots: {slots} is invalid: between 1 and 10000"
+    );
+    Ok(AgentConfig {
+        address: args.address.or(file.address).unwrap_or_default(),
+        region: args
+            .region
+            .or(file.region)
+            .unwrap_or_else(|| "local".into()),
+        slots,
+        gpu: crate::infer::gpu_available(),
+        coordinators,
+        executor_id,
+    })
+}
+
+pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    let config = executor_config(args)?;
+    eprintln!(
+        "mirador executor {} ({} slots, gpu {}), coordinators {:?}",
+        config.executor_id, config.slots, config.gpu, config.coordinators
+    );
+    let agent = Arc::new(ExecutorAgent::new(config, InferencePool::default()));
+    agent
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    Ok(())
+}
