@@ -3,9 +3,10 @@
 
 mod admin;
 mod bench;
-mod cluster;
 mod demo;
+mod dev;
 mod entry;
+mod region;
 
 // Records are allocated on one thread and freed on another at high rates, which glibc's
 // allocator handles poorly.
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bench::connectors::{run_connector_bench, ConnectorBenchOptions};
 use bench::{run_bench, BenchOptions};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use mirador_executor::connectors::bigtable::{create_table, load_features, BigtableSpec};
 use mirador_executor::connectors::kafka::produce;
 use mirador_executor::connectors::pubsub::publish;
@@ -40,28 +41,7 @@ struct Cli {
 enum Command {
     /// Run the bundled demo in one process, through a one-node coordinator and an executor:
     /// generator -> features -> demo model -> files.
-    Dev {
-        /// Stop after this many events (all partitions together); default: until Ctrl-C.
-        #[arg(long)]
-        events: Option<u64>,
-        /// Partitions of the generator.
-        #[arg(long, default_value_t = 2)]
-        partitions: u32,
-        /// Share of poison records, 0 to 1.
-        #[arg(long, default_value_t = 0.01)]
-        poison_ratio: f64,
-        /// Events per second for all partitions together; default: as fast as it goes.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Where the scored records, dead letters and checkpoints go.
-        #[arg(long, default_value = "mirador-out")]
-        out: PathBuf,
-        /// Run through the services of `make services` instead: the events go to the Kafka
-        /// topic `events`, features come from Bigtable, scores go to the topic `scored` and
-        /// the Bigtable table `scores`, dead letters to the topic `dead-letter`.
-        #[arg(long)]
-        services: bool,
-    },
+    Dev(DevArgs),
     /// A coordinator node: a member of the region's Raft group, serving executors and
     /// the admin API. Runs the `mirador-coordinator` binary beside this one, which does
     /// not link libtorch (`mirador coordinator --help` for its settings).
@@ -91,95 +71,134 @@ enum Command {
         command: admin::AdminCommand,
     },
     /// Run a pipeline spec on this node until its bounded source is exhausted.
-    Run {
-        #[arg(long)]
-        pipeline: PathBuf,
-        /// No progress lines.
-        #[arg(long)]
-        quiet: bool,
-        /// Print the closing report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Run(RunArgs),
     /// Write synthetic events as JSON lines on stdout, as the generator source makes them.
-    Generate {
-        #[arg(long)]
-        events: u64,
-        #[arg(long, default_value_t = 0.0)]
-        poison_ratio: f64,
-        #[arg(long, default_value_t = 12_000)]
-        customers: u64,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Produce to this Kafka topic instead of writing to stdout.
-        #[arg(long, requires = "brokers")]
-        kafka_topic: Option<String>,
-        /// host:port of the Kafka brokers, with --kafka-topic.
-        #[arg(long)]
-        brokers: Option<String>,
-        /// Publish to this Pub/Sub topic instead of writing to stdout.
-        #[arg(long, conflicts_with = "kafka_topic")]
-        pubsub_topic: Option<String>,
-        /// http://host:port of the Pub/Sub emulator, with --pubsub-topic; default:
-        /// http:// + PUBSUB_EMULATOR_HOST.
-        #[arg(long)]
-        pubsub_endpoint: Option<String>,
-        /// The Google Cloud project of --pubsub-topic.
-        #[arg(long, default_value = "test-project")]
-        project: String,
-    },
+    Generate(GenerateArgs),
     /// Measure Kafka, Bigtable and Pub/Sub against running services (`make services`).
-    BenchConnectors {
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        /// host:port of the Bigtable emulator with the `features` table loaded.
-        #[arg(long, default_value = "127.0.0.1:8086")]
-        bigtable: String,
-        /// http://host:port of the Pub/Sub emulator; none: no Pub/Sub figures.
-        #[arg(long)]
-        pubsub: Option<String>,
-        #[arg(long, default_value_t = 200_000)]
-        events: u64,
-        #[arg(long)]
-        json: bool,
-    },
+    BenchConnectors(BenchConnectorsArgs),
     /// Create a Bigtable table on an emulator and load a feature CSV into it.
-    BigtableLoad {
-        /// host:port of the emulator.
-        #[arg(long, default_value = "127.0.0.1:8086")]
-        endpoint: String,
-        #[arg(long, default_value = "test-project")]
-        project: String,
-        #[arg(long, default_value = "test-instance")]
-        instance: String,
-        #[arg(long, default_value = "features")]
-        table: String,
-        #[arg(long, default_value = "f")]
-        family: String,
-        /// The CSV to load (customer id first); none: only create the table.
-        #[arg(long)]
-        csv: Option<PathBuf>,
-    },
+    BigtableLoad(BigtableLoadArgs),
     /// Check a pipeline spec without running it.
     Check {
         #[arg(long)]
         pipeline: PathBuf,
     },
     /// Measure the data path end to end and each stage alone.
-    Bench {
-        /// Events of each end-to-end run.
-        #[arg(long, default_value_t = 6_000_000)]
-        events: u64,
-        /// Events each stage is measured on alone.
-        #[arg(long, default_value_t = 1_000_000)]
-        stage_events: usize,
-        /// Generator partitions of the end-to-end run.
-        #[arg(long, default_value_t = 1)]
-        partitions: u32,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Stop after this many events (all partitions together); default: until Ctrl-C.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Partitions of the generator.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Share of poison records, 0 to 1.
+    #[arg(long, default_value_t = 0.01)]
+    poison_ratio: f64,
+    /// Events per second for all partitions together; default: as fast as it goes.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Where the scored records, dead letters and checkpoints go.
+    #[arg(long, default_value = "mirador-out")]
+    out: PathBuf,
+    /// Run through the services of `make services` instead: the events go to the Kafka
+    /// topic `events`, features come from Bigtable, scores go to the topic `scored` and
+    /// the Bigtable table `scores`, dead letters to the topic `dead-letter`.
+    #[arg(long)]
+    services: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long)]
+    pipeline: PathBuf,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the closing report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    events: u64,
+    #[arg(long, default_value_t = 0.0)]
+    poison_ratio: f64,
+    #[arg(long, default_value_t = 12_000)]
+    customers: u64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Produce to this Kafka topic instead of writing to stdout.
+    #[arg(long, requires = "brokers")]
+    kafka_topic: Option<String>,
+    /// host:port of the Kafka brokers, with --kafka-topic.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Publish to this Pub/Sub topic instead of writing to stdout.
+    #[arg(long, conflicts_with = "kafka_topic")]
+    pubsub_topic: Option<String>,
+    /// http://host:port of the Pub/Sub emulator, with --pubsub-topic; default:
+    /// http:// + PUBSUB_EMULATOR_HOST.
+    #[arg(long)]
+    pubsub_endpoint: Option<String>,
+    /// The Google Cloud project of --pubsub-topic.
+    #[arg(long, default_value = "test-project")]
+    project: String,
+}
+
+#[derive(Args)]
+struct BenchConnectorsArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// host:port of the Bigtable emulator with the `features` table loaded.
+    #[arg(long, default_value = "127.0.0.1:8086")]
+    bigtable: String,
+    /// http://host:port of the Pub/Sub emulator; none: no Pub/Sub figures.
+    #[arg(long)]
+    pubsub: Option<String>,
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BigtableLoadArgs {
+    /// host:port of the emulator.
+    #[arg(long, default_value = "127.0.0.1:8086")]
+    endpoint: String,
+    #[arg(long, default_value = "test-project")]
+    project: String,
+    #[arg(long, default_value = "test-instance")]
+    instance: String,
+    #[arg(long, default_value = "features")]
+    table: String,
+    #[arg(long, default_value = "f")]
+    family: String,
+    /// The CSV to load (customer id first); none: only create the table.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Events of each end-to-end run.
+    #[arg(long, default_value_t = 6_000_000)]
+    events: u64,
+    /// Events each stage is measured on alone.
+    #[arg(long, default_value_t = 1_000_000)]
+    stage_events: usize,
+    /// Generator partitions of the end-to-end run.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Replaces this process with `mirador-coordinator` from the same folder, so that a
@@ -213,7 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Coordinator { .. } => unreachable!("run by exec_coordinator"),
         Command::BenchCluster { events, partitions } => {
-            cluster::bench_cluster(events, partitions).await?;
+            bench::cluster::bench_cluster(events, partitions).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Executor(args) => {
@@ -233,166 +252,198 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin::run(coordinators, json, command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev {
-            events,
-            partitions,
-            poison_ratio,
-            rate,
-            out,
-            services,
-        } => {
-            let yaml = if services {
-                let events = events.unwrap_or(200_000);
-                let payloads = demo::payloads(events, poison_ratio, 12_000, 7)?;
-                let delivered = produce(demo::SERVICES_BROKERS, "events", payloads).await?;
-                eprintln!("mirador dev: {delivered} events produced to the topic events");
-                demo::services_spec(&out)?
-            } else {
-                eprintln!(
-                    "mirador dev: {} partitions, poison ratio {poison_ratio}, writing to {}",
-                    partitions,
-                    out.display()
-                );
-                demo::prepare(&out, events, partitions, poison_ratio, rate)?
-            };
-            let succeeded = cluster::run_dev(&out, yaml).await?;
-            if services {
-                eprintln!("  scored records in the topic scored and the Bigtable table scores, dead letters in the topic dead-letter");
-            } else {
-                eprintln!(
-                    "  scored records in {}, dead letters in {}",
-                    out.join("scored.jsonl").display(),
-                    out.join("dead-letter.jsonl").display()
-                );
-            }
-            Ok(exit_code(succeeded))
-        }
-        Command::Run {
-            pipeline,
-            quiet,
-            json,
-        } => {
-            let spec = read_spec(&pipeline)?;
-            let pool = InferencePool::default();
-            let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
-            let options = RunOptions {
-                progress: (!quiet).then_some(Duration::from_secs(1)),
-                ..RunOptions::default()
-            };
-            let report = run_pipeline(resources, &options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            if !quiet {
-                eprint!("{}", report.render());
-            }
-            Ok(exit_code(report.succeeded()))
-        }
-        Command::Generate {
-            events,
-            poison_ratio,
-            customers,
-            seed,
-            kafka_topic,
-            brokers,
-            pubsub_topic,
-            pubsub_endpoint,
-            project,
-        } => {
-            let payloads = || demo::payloads(events, poison_ratio, customers, seed);
-            match (kafka_topic, brokers, pubsub_topic) {
-                (Some(topic), Some(brokers), _) => {
-                    let delivered = produce(&brokers, &topic, payloads()?).await?;
-                    println!("{delivered} events produced to {topic}");
-                }
-                (_, _, Some(topic)) => {
-                    let endpoint = pubsub_endpoint
-                        .or_else(mirador_executor::spec::pubsub::emulator_from_env)
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("--pubsub-endpoint: needed (or PUBSUB_EMULATOR_HOST)")
-                        })?;
-                    let published = publish(&endpoint, &project, &topic, payloads()?).await?;
-                    println!("{published} events published to {topic}");
-                }
-                _ => demo::generate(events, poison_ratio, customers, seed)?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::BenchConnectors {
-            brokers,
-            bigtable,
-            pubsub,
-            events,
-            json,
-        } => {
-            let scratch =
-                std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
-            let spec = demo::bench_spec(&scratch, 1)?;
-            let options = ConnectorBenchOptions {
-                brokers,
-                bigtable,
-                pubsub,
-                events,
-                model: spec.model.path.clone(),
-                features: spec.enrichment.features.clone(),
-            };
-            let report = run_connector_bench(&options, &scratch).await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            print_report(&report?, json, |r| r.render())
-        }
-        Command::BigtableLoad {
-            endpoint,
-            project,
-            instance,
-            table,
-            family,
-            csv,
-        } => {
-            let spec = BigtableSpec {
-                project,
-                instance,
-                table,
-                family,
-                endpoint: Some(endpoint),
-                channels: 1,
-                timeout_ms: 10_000,
-            };
-            spec.validate("bigtable")?;
-            create_table(&spec).await?;
-            match csv {
-                Some(csv) => {
-                    let rows = load_features(&spec, &csv).await?;
-                    println!("{}: {rows} rows loaded into {}", csv.display(), spec.table);
-                }
-                None => println!("table {} ready", spec.table),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Dev(args) => dev(args).await,
+        Command::Run(args) => run_spec(args).await,
+        Command::Generate(args) => generate(args).await,
+        Command::BenchConnectors(args) => bench_connectors(args).await,
+        Command::BigtableLoad(args) => bigtable_load(args).await,
         Command::Check { pipeline } => {
             let spec = read_spec(&pipeline)?;
             println!("{}: pipeline {} is valid", pipeline.display(), spec.name);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench {
-            events,
-            stage_events,
-            partitions,
-            json,
-        } => {
-            let scratch =
-                std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
-            let spec = demo::bench_spec(&scratch, partitions)?;
-            let options = BenchOptions {
-                events,
-                stage_events,
-                half_rate_secs: 5.0,
-                repeats: 3,
-            };
-            let report = run_bench(spec, &options).await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            print_report(&report?, json, |r| r.render())
-        }
+        Command::Bench(args) => benchmark(args).await,
     }
+}
+
+/// `mirador dev`: the demo (or the services' pipeline) through a one-node region.
+async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let DevArgs {
+        events,
+        partitions,
+        poison_ratio,
+        rate,
+        out,
+        services,
+    } = args;
+    let yaml = if services {
+        let events = events.unwrap_or(200_000);
+        let payloads = demo::payloads(events, poison_ratio, 12_000, 7)?;
+        let delivered = produce(demo::SERVICES_BROKERS, "events", payloads).await?;
+        eprintln!("mirador dev: {delivered} events produced to the topic events");
+        demo::services_spec(&out)?
+    } else {
+        eprintln!(
+            "mirador dev: {} partitions, poison ratio {poison_ratio}, writing to {}",
+            partitions,
+            out.display()
+        );
+        demo::prepare(&out, events, partitions, poison_ratio, rate)?
+    };
+    let succeeded = dev::run_dev(&out, yaml).await?;
+    if services {
+        eprintln!("  scored records in the topic scored and the Bigtable table scores, dead letters in the topic dead-letter");
+    } else {
+        eprintln!(
+            "  scored records in {}, dead letters in {}",
+            out.join("scored.jsonl").display(),
+            out.join("dead-letter.jsonl").display()
+        );
+    }
+    Ok(exit_code(succeeded))
+}
+
+/// `mirador run`: a spec on this node until its bounded source is exhausted.
+async fn run_spec(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let RunArgs {
+        pipeline,
+        quiet,
+        json,
+    } = args;
+    let spec = read_spec(&pipeline)?;
+    let pool = InferencePool::default();
+    let resources = std::sync::Arc::new(PipelineResources::build(spec, &pool).await?);
+    let options = RunOptions {
+        progress: (!quiet).then_some(Duration::from_secs(1)),
+        ..RunOptions::default()
+    };
+    let report = run_pipeline(resources, &options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if !quiet {
+        eprint!("{}", report.render());
+    }
+    Ok(exit_code(report.succeeded()))
+}
+
+/// `mirador generate`: synthetic events to stdout, a Kafka topic or a Pub/Sub topic.
+async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let GenerateArgs {
+        events,
+        poison_ratio,
+        customers,
+        seed,
+        kafka_topic,
+        brokers,
+        pubsub_topic,
+        pubsub_endpoint,
+        project,
+    } = args;
+    let payloads = || demo::payloads(events, poison_ratio, customers, seed);
+    match (kafka_topic, brokers, pubsub_topic) {
+        (Some(topic), Some(brokers), _) => {
+            let delivered = produce(&brokers, &topic, payloads()?).await?;
+            println!("{delivered} events produced to {topic}");
+        }
+        (_, _, Some(topic)) => {
+            let endpoint = pubsub_endpoint
+                .or_else(mirador_executor::spec::pubsub::emulator_from_env)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--pubsub-endpoint: needed (or PUBSUB_EMULATOR_HOST)")
+                })?;
+            let published = publish(&endpoint, &project, &topic, payloads()?).await?;
+            println!("{published} events published to {topic}");
+        }
+        _ => demo::generate(events, poison_ratio, customers, seed)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mirador bench-connectors`: Kafka, Bigtable and Pub/Sub figures against running services.
+async fn bench_connectors(args: BenchConnectorsArgs) -> anyhow::Result<ExitCode> {
+    let BenchConnectorsArgs {
+        brokers,
+        bigtable,
+        pubsub,
+        events,
+        json,
+    } = args;
+    let report = in_scratch(1, |spec, scratch| async move {
+        let options = ConnectorBenchOptions {
+            brokers,
+            bigtable,
+            pubsub,
+            events,
+            model: spec.model.path.clone(),
+            features: spec.enrichment.features.clone(),
+        };
+        run_connector_bench(&options, &scratch).await
+    })
+    .await?;
+    print_report(&report, json, |r| r.render())
+}
+
+/// `mirador bigtable-load`: a table on an emulator, with a feature CSV loaded.
+async fn bigtable_load(args: BigtableLoadArgs) -> anyhow::Result<ExitCode> {
+    let BigtableLoadArgs {
+        endpoint,
+        project,
+        instance,
+        table,
+        family,
+        csv,
+    } = args;
+    let spec = BigtableSpec {
+        project,
+        instance,
+        table,
+        family,
+        endpoint: Some(endpoint),
+        channels: 1,
+        timeout_ms: 10_000,
+    };
+    spec.validate("bigtable")?;
+    create_table(&spec).await?;
+    match csv {
+        Some(csv) => {
+            let rows = load_features(&spec, &csv).await?;
+            println!("{}: {rows} rows loaded into {}", csv.display(), spec.table);
+        }
+        None => println!("table {} ready", spec.table),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mirador bench`: the data path end to end and each stage alone.
+async fn benchmark(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let BenchArgs {
+        events,
+        stage_events,
+        partitions,
+        json,
+    } = args;
+    let options = BenchOptions {
+        events,
+        stage_events,
+        half_rate_secs: 5.0,
+        repeats: 3,
+    };
+    let report = in_scratch(partitions, |spec, _| run_bench(spec, &options)).await?;
+    print_report(&report, json, |r| r.render())
+}
+
+/// Runs `bench` on the benchmark spec of `partitions` partitions, in a scratch folder that
+/// is removed afterwards.
+async fn in_scratch<R, F: std::future::Future<Output = anyhow::Result<R>>>(
+    partitions: u32,
+    bench: impl FnOnce(PipelineSpec, PathBuf) -> F,
+) -> anyhow::Result<R> {
+    let scratch = std::env::temp_dir().join(format!("mirador-bench-{}", std::process::id()));
+    let spec = demo::bench_spec(&scratch, partitions)?;
+    let report = bench(spec, scratch.clone()).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    report
 }
 
 /// Reads a spec file. Relative paths inside it are relative to the working directory, like

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::services::{free_port, KafkaBroker};
+use mirador_cluster_tests::spec::SpecYaml;
 use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -110,36 +111,20 @@ fn coordinators_join_and_leave_the_group_through_the_admin_api() {
 /// A pipeline over the bundled model from `source` with features from `lookup` (YAML
 /// blocks indented by two spaces), writing nothing but its dead letter.
 fn spec_yaml(region: &Region, name: &str, source: &str, lookup: &str) -> String {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    format!(
-        r#"
-name: {name}
-source:
-{source}
-enrichment:
-{lookup}
-  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
-  on_miss: default
-  defaults: {{recency_days: 365, frequency_30d: 0, monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, churn_risk: 0.5}}
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-sink:
-  "null": {{}}
-dead_letter:
-  file:
-    path: {dead}
-checkpoint:
-  interval_ms: 100
-"#,
-        model = repo.join("models/propensity-v1.pt").display(),
-        dead = region
-            .dir
-            .path()
-            .join(format!("{name}-dead.jsonl"))
-            .display(),
-    )
+    let dead = region.dir.path().join(format!("{name}-dead.jsonl"));
+    SpecYaml {
+        name,
+        source,
+        lookup,
+        enrichment: "  on_miss: default\n  defaults: {recency_days: 365, frequency_30d: 0, \
+                     monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, \
+                     churn_risk: 0.5}",
+        sink: "  \"null\": {}",
+        dead_letter: &format!("  file:\n    path: {}", dead.display()),
+        rest: "checkpoint:\n  interval_ms: 100\n",
+        ..SpecYaml::default()
+    }
+    .yaml()
 }
 
 /// A generator pipeline with the bundled feature table.
@@ -150,16 +135,12 @@ fn generator_spec(
     events: u64,
     rate_per_sec: Option<u64>,
 ) -> String {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let rate = rate_per_sec.map_or(String::new(), |r| format!("\n    rate_per_sec: {r}"));
     let source = format!(
         "  generator:\n    events: {events}\n    partitions: {partitions}\n    customers: 1000{rate}"
     );
-    let lookup = format!(
-        "  table:\n    path: {}",
-        repo.join("examples/features.csv").display()
-    );
-    spec_yaml(region, name, &source, &lookup)
+    // The bundled feature table.
+    spec_yaml(region, name, &source, "")
 }
 
 /// partition -> (lag, checkpoint), for the partitions that report both.

@@ -15,6 +15,7 @@ use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::event_id;
 use mirador_cluster_tests::services::{read_topic, KafkaBroker};
+use mirador_cluster_tests::spec::SpecYaml;
 use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -195,41 +196,19 @@ fn a_region_loses_nothing_when_its_leader_or_an_executor_dies_or_a_node_drains()
         (nodes.as_array()?.len() == 3).then_some(())
     });
 
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let spec = region.dir.path().join("pipeline.yaml");
+    let kafka = |topic: &str| format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: {topic}");
     std::fs::write(
         &spec,
-        format!(
-            r#"
-name: {PIPELINE}
-source:
-  kafka:
-    brokers: "{brokers}"
-    topic: events
-enrichment:
-  table:
-    path: {features}
-  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-sink:
-  kafka:
-    brokers: "{brokers}"
-    topic: scored
-dead_letter:
-  kafka:
-    brokers: "{brokers}"
-    topic: dead
-batching:
-  max_records: 128
-checkpoint:
-  interval_ms: 100
-"#,
-            features = repo.join("examples/features.csv").display(),
-            model = repo.join("models/propensity-v1.pt").display(),
-        ),
+        SpecYaml {
+            name: PIPELINE,
+            source: &kafka("events"),
+            sink: &kafka("scored"),
+            dead_letter: &kafka("dead"),
+            rest: "batching:\n  max_records: 128\ncheckpoint:\n  interval_ms: 100\n",
+            ..SpecYaml::default()
+        }
+        .yaml(),
     )
     .unwrap();
     // A bad spec is refused with the field, and creates nothing.

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::record::Position;
+use mirador_proto::sync::Locked;
 
 /// Tracks the source batches of one partition that are still in flight.
 ///
@@ -50,9 +51,7 @@ impl CheckpointTracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackerInner> {
         // The state stays consistent across a panic elsewhere: every method updates it
         // without calling out.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.locked()
     }
 
     /// Opens a batch of `count` records (at least one) after which the source resumes at

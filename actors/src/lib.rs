@@ -23,7 +23,7 @@ pub use link::{link, LinkReceiver, LinkSender};
 pub use pipeline::{
     Generation, GenerationFactory, PipelineArgs, PipelineHandle, PipelineSnapshot, RestartPolicy,
 };
-pub use record::{Origin, Position, Traced};
+pub use record::{Origin, Position, SourceRecord, Traced};
 pub use runner::{SourceRunner, StageRunner, StageSlot};
 pub use stage::{ExitStatus, Output, Source, SourceBatch, Stage, StageError};
 pub use stats::{SourceEnd, StageSnapshot, StageStats};

@@ -20,6 +20,7 @@ use crate::record::Position;
 use crate::runner::StageSlot;
 use crate::stage::{ExitStatus, StageError};
 use crate::stats::{StageSnapshot, StageStats};
+use mirador_proto::sync::Locked;
 
 /// Where a generation's source is in [`Generation::slots`]: it comes first, and stopping a
 /// pipeline starts there.
@@ -122,10 +123,6 @@ pub struct PipelineHandle {
     observable: Arc<Mutex<Observable>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl PipelineHandle {
     pub async fn spawn(args: PipelineArgs) -> Result<Self, SpawnErr> {
         let (name, partition) = (args.name.clone(), args.partition);
@@ -148,7 +145,7 @@ impl PipelineHandle {
     }
 
     pub fn snapshot(&self) -> PipelineSnapshot {
-        let observable = lock(&self.observable);
+        let observable = self.observable.locked();
         PipelineSnapshot {
             name: self.name.clone(),
             partition: self.partition,
@@ -178,7 +175,7 @@ impl PipelineHandle {
     /// Waits for the pipeline to end and returns how it ended.
     pub async fn wait(self) -> ExitStatus {
         let _ = self.join.await;
-        let exit = lock(&self.observable).exit.clone();
+        let exit = self.observable.locked().exit.clone();
         match exit {
             ExitStatus::Running => ExitStatus::Failed("supervisor stopped unexpectedly".into()),
             other => other,
@@ -268,7 +265,7 @@ impl Actor for PartitionPipeline {
                 state.kill_generation().await;
                 state.save_checkpoint();
                 state.tracker = Arc::new(CheckpointTracker::new(state.saved));
-                lock(&state.observable).generation_restarts += 1;
+                state.observable.locked().generation_restarts += 1;
                 if let Err(error) = state.start_generation(&myself).await {
                     state.fail(&myself, format!("cannot rebuild the pipeline: {error}"));
                 }
@@ -342,7 +339,7 @@ impl PipelineState {
         self.slots = generation.slots;
         self.finished = vec![false; self.slots.len()];
         {
-            let mut observable = lock(&self.observable);
+            let mut observable = self.observable.locked();
             observable.stages = self.slots.iter().map(|s| (s.name(), s.stats())).collect();
             observable.tracker = self.tracker.clone();
             observable.generation = self.generation;
@@ -421,14 +418,14 @@ impl PipelineState {
         tracing::error!(pipeline = %self.args.name, partition = self.args.partition,
             %reason, "partition pipeline failed");
         self.save_checkpoint();
-        lock(&self.observable).exit = ExitStatus::Failed(reason.clone());
+        self.observable.locked().exit = ExitStatus::Failed(reason.clone());
         myself.stop(Some(reason));
     }
 
     fn finish_if_done(&mut self, myself: &ActorRef<PipelineMsg>) {
         if self.finished.iter().all(|done| *done) && !self.finished.is_empty() {
             self.save_checkpoint();
-            lock(&self.observable).exit = if self.stopping {
+            self.observable.locked().exit = if self.stopping {
                 ExitStatus::Stopped
             } else {
                 ExitStatus::Success

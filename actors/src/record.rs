@@ -25,6 +25,18 @@ pub struct Origin {
     pub read_at: Instant,
 }
 
+/// A record as a source reads it: the source runner stamps it with its batch's sequence
+/// number in the partition's [`crate::CheckpointTracker`].
+pub trait SourceRecord: Send + 'static {
+    fn stamp(&mut self, ack: u64);
+}
+
+impl SourceRecord for Origin {
+    fn stamp(&mut self, ack: u64) {
+        self.ack = ack;
+    }
+}
+
 /// Any record that can be traced back to its origin.
 pub trait Traced {
     fn origin(&self) -> &Origin;

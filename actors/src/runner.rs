@@ -14,11 +14,13 @@ use futures::future::BoxFuture;
 use mirador_proto::retry::Backoff;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
+use crate::checkpoint::CheckpointTracker;
 use crate::dead_letter::{DeadLetter, ReasonCode};
 use crate::link::{LinkReceiver, LinkSender};
 use crate::record::Traced;
 use crate::stage::{Output, Source, Stage, StageError};
 use crate::stats::StageStats;
+use mirador_proto::sync::Locked;
 
 /// Between attempts at a batch while an outside service is unavailable.
 const UNAVAILABLE_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(5));
@@ -40,10 +42,6 @@ pub trait StageSlot: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum StageMsg {
     Next,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Inflight<T> {
@@ -121,8 +119,8 @@ impl<S: Stage> StageSlot for StageRunner<S> {
     }
 
     fn close_outputs(&self) {
-        lock(&self.shared.output).take();
-        lock(&self.shared.dead).take();
+        self.shared.output.locked().take();
+        self.shared.dead.locked().take();
     }
 
     fn is_source(&self) -> bool {
@@ -147,7 +145,7 @@ impl<S: Stage> Actor for StageActor<S> {
         myself: ActorRef<StageMsg>,
         shared: Arc<StageShared<S>>,
     ) -> Result<StageState<S>, ActorProcessingErr> {
-        let first = lock(&shared.first).take();
+        let first = shared.first.locked().take();
         let stage = match first {
             Some(stage) => stage,
             None => (shared.make)()?,
@@ -183,8 +181,8 @@ impl<S: Stage> StageState<S> {
                 Some(batch) => *slot = Some(Inflight { batch, attempts: 0 }),
                 None => {
                     self.stage.finish().await?;
-                    lock(&shared.output).take();
-                    lock(&shared.dead).take();
+                    shared.output.locked().take();
+                    shared.dead.locked().take();
                     return Ok(false);
                 }
             }
@@ -224,7 +222,7 @@ impl<S: Stage> StageState<S> {
         let busy_ns = started.elapsed().as_nanos() as u64;
         let (records_in, records_out, dead) =
             (inflight.batch.len(), out.items.len(), out.dead.len());
-        let output = lock(&shared.output).clone();
+        let output = shared.output.locked().clone();
         if let Some(output) = output {
             output
                 .send(out.items)
@@ -232,7 +230,7 @@ impl<S: Stage> StageState<S> {
                 .map_err(|_| StageError::internal(format!("{name}: output link closed")))?;
         }
         if !out.dead.is_empty() {
-            let dead_link = lock(&shared.dead).clone();
+            let dead_link = shared.dead.locked().clone();
             let dead_link = dead_link.ok_or_else(|| {
                 StageError::internal(format!("{name}: no dead letter to send rejects to"))
             })?;
@@ -254,16 +252,22 @@ struct SourceShared<S: Source> {
     source: Mutex<Option<S>>,
     output: Mutex<Option<LinkSender<S::Out>>>,
     stats: Arc<StageStats>,
+    tracker: Arc<CheckpointTracker>,
 }
 
-/// Runs a [`Source`]: reads batches and sends them down its output link as fast as the
-/// link takes them.
+/// Runs a [`Source`]: gives it the partition's checkpoint, reads a batch, opens it in the
+/// tracker and sends it down its output link, as fast as the link takes them.
 pub struct SourceRunner<S: Source> {
     shared: Arc<SourceShared<S>>,
 }
 
 impl<S: Source> SourceRunner<S> {
-    pub fn new(source: S, output: LinkSender<S::Out>, stats: Arc<StageStats>) -> Self {
+    pub fn new(
+        source: S,
+        output: LinkSender<S::Out>,
+        stats: Arc<StageStats>,
+        tracker: Arc<CheckpointTracker>,
+    ) -> Self {
         stats.attach(None, Some(output.gauge()));
         SourceRunner {
             shared: Arc::new(SourceShared {
@@ -271,6 +275,7 @@ impl<S: Source> SourceRunner<S> {
                 source: Mutex::new(Some(source)),
                 output: Mutex::new(Some(output)),
                 stats,
+                tracker,
             }),
         }
     }
@@ -299,7 +304,7 @@ impl<S: Source> StageSlot for SourceRunner<S> {
     }
 
     fn close_outputs(&self) {
-        lock(&self.shared.output).take();
+        self.shared.output.locked().take();
     }
 
     fn is_source(&self) -> bool {
@@ -324,7 +329,9 @@ impl<S: Source> Actor for SourceActor<S> {
         myself: ActorRef<StageMsg>,
         shared: Arc<SourceShared<S>>,
     ) -> Result<SourceState<S>, ActorProcessingErr> {
-        let source = lock(&shared.source)
+        let source = shared
+            .source
+            .locked()
             .take()
             .ok_or_else(|| StageError::internal("a source runs once per generation"))?;
         myself.send_message(StageMsg::Next)?;
@@ -338,11 +345,17 @@ impl<S: Source> Actor for SourceActor<S> {
         state: &mut SourceState<S>,
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
+        state.source.on_checkpoint(state.shared.tracker.committed());
         match state.source.next_batch().await? {
+            // Nothing came within the source's wait: ask again.
+            Some(batch) if batch.items.is_empty() => {
+                myself.send_message(StageMsg::Next)?;
+            }
             Some(batch) => {
+                let batch = batch.open(&state.shared.tracker);
                 let count = batch.len();
                 let busy_ns = started.elapsed().as_nanos() as u64;
-                let output = lock(&state.shared.output).clone();
+                let output = state.shared.output.locked().clone();
                 match output {
                     Some(output) => {
                         output.send(batch).await.map_err(|_| {
@@ -362,7 +375,7 @@ impl<S: Source> Actor for SourceActor<S> {
                 myself.send_message(StageMsg::Next)?;
             }
             None => {
-                lock(&state.shared.output).take();
+                state.shared.output.locked().take();
                 myself.stop(Some("end of input".to_string()));
             }
         }

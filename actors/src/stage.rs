@@ -1,7 +1,8 @@
 use std::future::Future;
 
+use crate::checkpoint::CheckpointTracker;
 use crate::dead_letter::{DeadLetter, ReasonCode};
-use crate::record::{Origin, Position, Traced};
+use crate::record::{Origin, Position, SourceRecord, Traced};
 
 /// What a stage produced from one batch: records for the next stage, and records it
 /// rejected, which go to the dead letter.
@@ -99,22 +100,45 @@ pub trait Stage: Send + 'static {
     }
 }
 
-/// What a source read: records, and the position to resume from once they are all done.
+/// What a source read: records in position order, and the position to resume from once
+/// they are all done. An empty batch says that nothing came within the source's own wait:
+/// the runner gives it the checkpoint again and asks anew.
 pub struct SourceBatch<T> {
     pub items: Vec<T>,
     pub end: Position,
 }
 
-/// The first stage of a partition pipeline.
+impl<T: SourceRecord> SourceBatch<T> {
+    /// Opens the batch in the partition's tracker and stamps its records with the batch's
+    /// sequence number: what the source runner does with every batch.
+    pub fn open(self, tracker: &CheckpointTracker) -> Vec<T> {
+        let ack = tracker.open(self.items.len(), self.end);
+        let mut items = self.items;
+        for item in &mut items {
+            item.stamp(ack);
+        }
+        items
+    }
+}
+
+/// The first stage of a partition pipeline. A source reads; it never touches the
+/// checkpoint tracker: it starts from the position it is given, the runner opens each of
+/// its batches, and [`Source::on_checkpoint`] tells it what has been delivered.
 pub trait Source: Send + 'static {
-    type Out: Send + 'static;
+    type Out: SourceRecord;
 
     fn name(&self) -> &'static str;
 
-    /// The next batch; `Ok(None)` when a bounded source is exhausted. The source opens each
-    /// batch in the partition's [`crate::CheckpointTracker`] and stamps its records with
-    /// the batch's sequence number.
+    /// The next batch; `Ok(None)` when a bounded source is exhausted.
     fn next_batch(
         &mut self,
-    ) -> impl Future<Output = Result<Option<Vec<Self::Out>>, StageError>> + Send;
+    ) -> impl Future<Output = Result<Option<SourceBatch<Self::Out>>, StageError>> + Send;
+
+    /// The partition's checkpoint, given before every read: everything before it reached
+    /// the sink or the dead letter. A source that acts on it (Pub/Sub acknowledges its
+    /// messages) does it here; one that must act while nothing comes returns an empty
+    /// batch after a wait of its own.
+    fn on_checkpoint(&mut self, committed: Option<Position>) {
+        let _ = committed;
+    }
 }

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::link::LinkGauge;
+use mirador_proto::sync::Locked;
 
 /// Live counters of one stage, shared by every incarnation of it. Updated once per batch.
 #[derive(Debug, Default)]
@@ -95,13 +96,13 @@ impl StageStats {
 
     /// Points the queue gauges at the links of the current generation.
     pub fn attach(&self, input: Option<Arc<LinkGauge>>, output: Option<Arc<LinkGauge>>) {
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut links = self.links.locked();
         links.input = input;
         links.output = output;
     }
 
     pub fn snapshot(&self, name: &str) -> StageSnapshot {
-        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let links = self.links.locked();
         let input = links.input.as_ref();
         StageSnapshot {
             name: name.to_string(),

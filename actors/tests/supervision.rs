@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use mirador_actors::{
     link, CheckpointStore, CheckpointTracker, DeadLetter, ExitStatus, Generation,
     GenerationFactory, Origin, Output, PipelineArgs, PipelineHandle, Position, ReasonCode,
-    RestartPolicy, Source, SourceRunner, Stage, StageError, StageRunner, StageStats,
+    RestartPolicy, Source, SourceBatch, SourceRunner, Stage, StageError, StageRunner, StageStats,
 };
 
 const BATCH: usize = 10;
@@ -22,7 +22,6 @@ type Seen = Arc<Mutex<Vec<(u64, Option<ReasonCode>)>>>;
 struct VecSource {
     next: u64,
     total: u64,
-    tracker: Arc<CheckpointTracker>,
 }
 
 impl Source for VecSource {
@@ -30,22 +29,24 @@ impl Source for VecSource {
     fn name(&self) -> &'static str {
         "source"
     }
-    async fn next_batch(&mut self) -> Result<Option<Vec<Origin>>, StageError> {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch<Origin>>, StageError> {
         if self.next >= self.total {
             return Ok(None);
         }
         let end = (self.next + BATCH as u64).min(self.total);
-        let ack = self.tracker.open((end - self.next) as usize, pos(end));
-        let batch = (self.next..end)
+        let items = (self.next..end)
             .map(|id| Origin {
-                ack,
+                ack: 0,
                 position: pos(id),
                 payload: Bytes::from(id.to_string()),
                 read_at: Instant::now(),
             })
             .collect();
         self.next = end;
-        Ok(Some(batch))
+        Ok(Some(SourceBatch {
+            items,
+            end: pos(end),
+        }))
     }
 }
 
@@ -171,10 +172,10 @@ impl GenerationFactory for Fixture {
                 VecSource {
                     next,
                     total: self.total,
-                    tracker: tracker.clone(),
                 },
                 source_tx,
                 self.stats[0].clone(),
+                tracker.clone(),
             );
             let (poison, failures, fault) = (self.poison, self.failures.clone(), self.fault);
             let flaky = StageRunner::new(

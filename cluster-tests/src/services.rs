@@ -27,7 +27,7 @@ pub fn free_port() -> u16 {
             .port();
         if GIVEN
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(port)
         {
             return port;

@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use mirador_actors::{Origin, Traced};
+use mirador_actors::{Origin, Position, SourceRecord, Traced};
 use serde::{Serialize, Serializer};
 
 /// What a customer did. The one-hot order of the demo model follows this enum.
@@ -188,6 +190,26 @@ pub struct RawRecord {
 impl Traced for RawRecord {
     fn origin(&self) -> &Origin {
         &self.origin
+    }
+}
+
+impl RawRecord {
+    /// What a source read at `position`, not yet in a batch (its runner stamps that).
+    pub fn read(partition: u32, offset: u64, payload: Bytes, read_at: Instant) -> Self {
+        RawRecord {
+            origin: Origin {
+                ack: 0,
+                position: Position { partition, offset },
+                payload,
+                read_at,
+            },
+        }
+    }
+}
+
+impl SourceRecord for RawRecord {
+    fn stamp(&mut self, ack: u64) {
+        self.origin.ack = ack;
     }
 }
 

@@ -101,7 +101,7 @@ pub fn check_source(spec: &PipelineSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The source of one partition, running into `output`; it resumes after the tracker's
+/// The source of one partition, running into `output`; it resumes at the tracker's
 /// checkpoint.
 pub async fn source(
     spec: &PipelineSpec,
@@ -112,43 +112,37 @@ pub async fn source(
 ) -> Result<Box<dyn StageSlot>, StageError> {
     let batch = spec.batching.max_records;
     let max_payload = spec.decode.max_payload_bytes;
+    let resume = tracker.committed();
     Ok(match &spec.source {
         SourceSpec::File(file) => Box::new(SourceRunner::new(
-            FileSource::open(&file.path, batch, max_payload, tracker)?,
+            FileSource::open(&file.path, batch, max_payload, resume)?,
             output,
             stats,
+            tracker,
         )),
         SourceSpec::Generator(generator) => {
-            let end = stats.source_end.clone();
-            Box::new(SourceRunner::new(
-                GeneratorSource::new(
-                    generator,
-                    partition,
-                    spec.decode.format,
-                    max_payload,
-                    batch,
-                    tracker,
-                    &end,
-                ),
-                output,
-                stats,
-            ))
+            let source = GeneratorSource::new(
+                generator,
+                partition,
+                spec.decode.format,
+                max_payload,
+                batch,
+                resume,
+                &stats.source_end,
+            );
+            Box::new(SourceRunner::new(source, output, stats, tracker))
         }
         #[cfg(feature = "kafka")]
         SourceSpec::Kafka(kafka) => {
             let end = stats.source_end.clone();
-            Box::new(SourceRunner::new(
-                crate::kafka::KafkaSource::start(kafka, partition, batch, tracker, end)?,
-                output,
-                stats,
-            ))
+            let source = crate::kafka::KafkaSource::start(kafka, partition, batch, resume, end)?;
+            Box::new(SourceRunner::new(source, output, stats, tracker))
         }
         #[cfg(feature = "pubsub")]
-        SourceSpec::Pubsub(pubsub) => Box::new(SourceRunner::new(
-            crate::pubsub::PubsubSource::start(pubsub, partition, batch, tracker).await?,
-            output,
-            stats,
-        )),
+        SourceSpec::Pubsub(pubsub) => {
+            let source = crate::pubsub::PubsubSource::start(pubsub, partition, batch, resume);
+            Box::new(SourceRunner::new(source.await?, output, stats, tracker))
+        }
         #[allow(unreachable_patterns)] // with every connector compiled in
         _ => {
             return Err(StageError::Fatal(check_available(spec).err().map_or_else(

@@ -11,6 +11,7 @@ use mirador_proto::coordinator::PartitionProgress;
 use crate::planner::plan;
 use crate::raft::RaftNode;
 use crate::state::{ClusterState, Command, PartitionKey};
+use mirador_proto::sync::Locked;
 
 /// Lease and planning settings of a region.
 #[derive(Clone, Debug)]
@@ -75,7 +76,7 @@ pub struct Observations {
 
 impl Observations {
     fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     pub fn heartbeat(&self, executor: &str, incarnation: u64, progress: Vec<PartitionProgress>) {

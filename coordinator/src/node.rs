@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
 use crate::control::ControlConfig;
+use crate::raft::RaftConfig;
 use crate::server::{Coordinator, CoordinatorConfig};
 
 /// How a pipeline's partitions are counted (a Kafka topic's on its brokers): the
@@ -105,6 +106,8 @@ struct CoordinatorFile {
     lease_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
     max_moves: Option<usize>,
+    /// Raft's timing and log compaction; each setting defaults on its own.
+    raft: Option<RaftConfig>,
 }
 
 pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -165,6 +168,8 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
         control.heartbeat.as_millis() * 3
     );
     anyhow::ensure!(control.max_moves >= 1, "max_moves: must be at least 1");
+    let raft = file.raft.unwrap_or_default();
+    raft.validate().map_err(|e| anyhow::anyhow!("raft: {e}"))?;
     Ok(CoordinatorConfig {
         node_id,
         listen,
@@ -172,10 +177,10 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
         data_dir,
         members,
         control,
+        raft,
     })
 }
 
-/// Runs a coordinator node until ctrl-c.
 /// Runs a coordinator node until Ctrl-C, checking pipelines with `validator`.
 pub async fn run(args: CoordinatorArgs, validator: SpecValidator) -> anyhow::Result<()> {
     let config = coordinator_config(args)?;
@@ -282,5 +287,31 @@ mod tests {
         std::fs::write(&file, "id: 3\nlisten_on: 127.0.0.1:7003\n").unwrap();
         let error = config(&["--config", path]).unwrap_err().to_string();
         assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn raft_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        let path = file.to_str().unwrap();
+        let base = "id: 3\nlisten: 127.0.0.1:7003\ndata_dir: /tmp/c3\n";
+        let with = |raft: &str| {
+            std::fs::write(&file, format!("{base}raft:\n{raft}")).unwrap();
+            config(&["--config", path])
+        };
+        let tuned = with("  heartbeat_interval_ms: 40\n  snapshot_after_logs: 50\n").unwrap();
+        assert_eq!(tuned.raft.heartbeat_interval_ms, 40);
+        assert_eq!(tuned.raft.snapshot_after_logs, 50);
+        assert_eq!(
+            tuned.raft.election_timeout_max_ms,
+            RaftConfig::default().election_timeout_max_ms,
+            "a setting left out keeps its default"
+        );
+        let error = with("  heartbeat_interval_ms: 500\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("raft: heartbeat_interval_ms"), "{error}");
+        let error = with("  heartbeat_ms: 40\n").unwrap_err().to_string();
+        assert!(error.contains("heartbeat_ms"), "{error}");
     }
 }

@@ -29,6 +29,7 @@ pub struct CoordinatorConfig {
     /// Empty: the node joins a running group when an operator adds it.
     pub members: BTreeMap<u64, String>,
     pub control: ControlConfig,
+    pub raft: RaftConfig,
 }
 
 /// The services a coordinator offers, over its Raft member, sharing what the leader
@@ -94,7 +95,7 @@ impl Coordinator {
                 config.node_id,
                 config.advertise.clone(),
                 &config.data_dir,
-                &RaftConfig::default(),
+                &config.raft,
             )
             .await?,
         );

@@ -220,36 +220,16 @@ impl ClusterState {
                 region,
                 slots,
                 gpu,
-            } => {
-                self.last_incarnation += 1;
-                let incarnation = self.last_incarnation;
-                // A new incarnation starts empty: whatever the old one ran is unassigned.
-                self.unassign_all_of(id);
-                self.executors.insert(
-                    id.clone(),
-                    Executor {
-                        id: id.clone(),
-                        address: address.clone(),
-                        region: region.clone(),
-                        slots: *slots,
-                        gpu: *gpu,
-                        incarnation,
-                        draining: false,
-                    },
-                );
-                Ok(Outcome::Registered { incarnation })
-            }
-            Command::ExpireExecutor { id, incarnation } => {
-                match self.executors.get(id) {
-                    Some(e) if e.incarnation == *incarnation => {}
-                    // An older incarnation's lease: the executor registered again since.
-                    Some(_) => return Ok(Outcome::Done),
-                    None => return Err(Refusal::UnknownExecutor(id.clone())),
-                }
-                self.executors.remove(id);
-                self.unassign_all_of(id);
-                Ok(Outcome::Done)
-            }
+            } => Ok(self.register_executor(Executor {
+                id: id.clone(),
+                address: address.clone(),
+                region: region.clone(),
+                slots: *slots,
+                gpu: *gpu,
+                incarnation: 0,
+                draining: false,
+            })),
+            Command::ExpireExecutor { id, incarnation } => self.expire_executor(id, *incarnation),
             Command::SetDraining { id, draining } => {
                 let executor = self
                     .executors
@@ -263,68 +243,8 @@ impl ClusterState {
                 spec,
                 partitions,
                 gpu,
-            } => {
-                if *partitions == 0 {
-                    return Err(Refusal::Invalid(FieldError::new(
-                        "partitions",
-                        "must be at least 1",
-                    )));
-                }
-                let (version, paused) = match self.pipelines.get(name) {
-                    Some(p) => (p.version + 1, p.paused),
-                    None => (1, false),
-                };
-                // Fewer partitions than before: the extra ones are dropped with their
-                // checkpoints; new ones start unassigned.
-                self.assignments
-                    .retain(|(p, i), _| p != name || *i < *partitions);
-                self.checkpoints
-                    .retain(|(p, i), _| p != name || *i < *partitions);
-                for partition in 0..*partitions {
-                    let key = (name.clone(), partition);
-                    if !self.assignments.contains_key(&key) {
-                        self.last_epoch += 1;
-                        let epoch = self.last_epoch;
-                        self.assignments.insert(
-                            key,
-                            Assignment {
-                                owner: None,
-                                epoch,
-                                target: None,
-                            },
-                        );
-                    }
-                }
-                self.pipelines.insert(
-                    name.clone(),
-                    Pipeline {
-                        name: name.clone(),
-                        version,
-                        spec: spec.clone(),
-                        partitions: *partitions,
-                        gpu: *gpu,
-                        paused,
-                    },
-                );
-                Ok(Outcome::PipelineVersion { version })
-            }
-            Command::SetPaused { name, paused } => {
-                let pipeline = self
-                    .pipelines
-                    .get_mut(name)
-                    .ok_or_else(|| Refusal::UnknownPipeline(name.clone()))?;
-                pipeline.paused = *paused;
-                if *paused {
-                    // Paused partitions are handed back like a move to nobody: the owners
-                    // stop at a checkpoint and release.
-                    for ((p, _), a) in self.assignments.iter_mut() {
-                        if p == name && a.owner.is_some() {
-                            a.target = None;
-                        }
-                    }
-                }
-                Ok(Outcome::Done)
-            }
+            } => self.put_pipeline(name, spec, *partitions, *gpu),
+            Command::SetPaused { name, paused } => self.set_paused(name, *paused),
             Command::DeletePipeline { name } => {
                 self.pipelines
                     .remove(name)
@@ -333,48 +253,13 @@ impl ClusterState {
                 self.checkpoints.retain(|(p, _), _| p != name);
                 Ok(Outcome::Done)
             }
-            Command::ApplyPlan { moves } => {
-                let mut applied = 0;
-                for m in moves {
-                    let runnable = self.pipelines.get(&m.pipeline).is_some_and(|p| !p.paused)
-                        && self.executors.get(&m.to).is_some_and(|e| !e.draining);
-                    let Some(a) = self.assignments.get_mut(&(m.pipeline.clone(), m.partition))
-                    else {
-                        continue;
-                    };
-                    if !runnable || a.owner != m.from || a.owner.as_ref() == Some(&m.to) {
-                        continue;
-                    }
-                    match &a.owner {
-                        None => {
-                            a.owner = Some(m.to.clone());
-                            self.last_epoch += 1;
-                            a.epoch = self.last_epoch;
-                            a.target = None;
-                        }
-                        Some(_) => a.target = Some(m.to.clone()),
-                    }
-                    applied += 1;
-                }
-                Ok(Outcome::Applied { moves: applied })
-            }
+            Command::ApplyPlan { moves } => Ok(self.apply_plan(moves)),
             Command::Release {
                 pipeline,
                 partition,
                 executor,
                 epoch,
-            } => {
-                self.owned(pipeline, *partition, executor, *epoch)?;
-                let a = self
-                    .assignments
-                    .get_mut(&(pipeline.clone(), *partition))
-                    .expect("owned() found it");
-                let next = a.target.take();
-                self.last_epoch += 1;
-                a.epoch = self.last_epoch;
-                a.owner = next;
-                Ok(Outcome::Done)
-            }
+            } => self.release(pipeline, *partition, executor, *epoch),
             Command::CommitCheckpoint {
                 pipeline,
                 partition,
@@ -383,23 +268,172 @@ impl ClusterState {
                 position,
             } => {
                 self.owned(pipeline, *partition, executor, *epoch)?;
-                let key = (pipeline.clone(), *partition);
-                let checkpoint = self.checkpoints.entry(key).or_default();
-                if *position < checkpoint.position {
-                    return Err(Refusal::Backwards {
-                        pipeline: pipeline.clone(),
-                        partition: *partition,
-                        given: *position,
-                        current: checkpoint.position,
-                    });
-                }
-                *checkpoint = Checkpoint {
-                    position: *position,
-                    epoch: *epoch,
-                };
-                Ok(Outcome::Done)
+                self.commit_checkpoint(pipeline, *partition, *epoch, *position)
             }
         }
+    }
+
+    /// A new incarnation of `executor` (its `incarnation` is given here). It starts empty:
+    /// whatever an older incarnation ran is unassigned.
+    fn register_executor(&mut self, mut executor: Executor) -> Outcome {
+        self.last_incarnation += 1;
+        let incarnation = self.last_incarnation;
+        executor.incarnation = incarnation;
+        self.unassign_all_of(&executor.id);
+        self.executors.insert(executor.id.clone(), executor);
+        Outcome::Registered { incarnation }
+    }
+
+    fn expire_executor(&mut self, id: &str, incarnation: u64) -> Result<Outcome, Refusal> {
+        match self.executors.get(id) {
+            Some(e) if e.incarnation == incarnation => {}
+            // An older incarnation's lease: the executor registered again since.
+            Some(_) => return Ok(Outcome::Done),
+            None => return Err(Refusal::UnknownExecutor(id.to_string())),
+        }
+        self.executors.remove(id);
+        self.unassign_all_of(id);
+        Ok(Outcome::Done)
+    }
+
+    fn put_pipeline(
+        &mut self,
+        name: &str,
+        spec: &str,
+        partitions: u32,
+        gpu: bool,
+    ) -> Result<Outcome, Refusal> {
+        if partitions == 0 {
+            return Err(Refusal::Invalid(FieldError::new(
+                "partitions",
+                "must be at least 1",
+            )));
+        }
+        let (version, paused) = match self.pipelines.get(name) {
+            Some(p) => (p.version + 1, p.paused),
+            None => (1, false),
+        };
+        // Fewer partitions than before: the extra ones are dropped with their checkpoints;
+        // new ones start unassigned.
+        self.assignments
+            .retain(|(p, i), _| p != name || *i < partitions);
+        self.checkpoints
+            .retain(|(p, i), _| p != name || *i < partitions);
+        for partition in 0..partitions {
+            let key = (name.to_string(), partition);
+            if !self.assignments.contains_key(&key) {
+                self.last_epoch += 1;
+                let epoch = self.last_epoch;
+                self.assignments.insert(
+                    key,
+                    Assignment {
+                        owner: None,
+                        epoch,
+                        target: None,
+                    },
+                );
+            }
+        }
+        self.pipelines.insert(
+            name.to_string(),
+            Pipeline {
+                name: name.to_string(),
+                version,
+                spec: spec.to_string(),
+                partitions,
+                gpu,
+                paused,
+            },
+        );
+        Ok(Outcome::PipelineVersion { version })
+    }
+
+    fn set_paused(&mut self, name: &str, paused: bool) -> Result<Outcome, Refusal> {
+        let pipeline = self
+            .pipelines
+            .get_mut(name)
+            .ok_or_else(|| Refusal::UnknownPipeline(name.to_string()))?;
+        pipeline.paused = paused;
+        if paused {
+            // Paused partitions are handed back like a move to nobody: the owners stop at a
+            // checkpoint and release.
+            for ((p, _), a) in self.assignments.iter_mut() {
+                if p == name && a.owner.is_some() {
+                    a.target = None;
+                }
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Applies the moves that still hold: an unassigned partition gets its owner (and a
+    /// new epoch) at once, an owned one a target its owner hands it to.
+    fn apply_plan(&mut self, moves: &[Move]) -> Outcome {
+        let mut applied = 0;
+        for m in moves {
+            let runnable = self.pipelines.get(&m.pipeline).is_some_and(|p| !p.paused)
+                && self.executors.get(&m.to).is_some_and(|e| !e.draining);
+            let Some(a) = self.assignments.get_mut(&(m.pipeline.clone(), m.partition)) else {
+                continue;
+            };
+            if !runnable || a.owner != m.from || a.owner.as_ref() == Some(&m.to) {
+                continue;
+            }
+            match &a.owner {
+                None => {
+                    a.owner = Some(m.to.clone());
+                    self.last_epoch += 1;
+                    a.epoch = self.last_epoch;
+                    a.target = None;
+                }
+                Some(_) => a.target = Some(m.to.clone()),
+            }
+            applied += 1;
+        }
+        Outcome::Applied { moves: applied }
+    }
+
+    /// The owner hands a partition back: to its target if it has one, with a new epoch.
+    fn release(
+        &mut self,
+        pipeline: &str,
+        partition: u32,
+        executor: &str,
+        epoch: u64,
+    ) -> Result<Outcome, Refusal> {
+        self.owned(pipeline, partition, executor, epoch)?;
+        self.last_epoch += 1;
+        let a = self
+            .assignments
+            .get_mut(&(pipeline.to_string(), partition))
+            .expect("owned() found it");
+        a.epoch = self.last_epoch;
+        a.owner = a.target.take();
+        Ok(Outcome::Done)
+    }
+
+    /// A partition's checkpoint moves forward, never back (its owner was checked).
+    fn commit_checkpoint(
+        &mut self,
+        pipeline: &str,
+        partition: u32,
+        epoch: u64,
+        position: u64,
+    ) -> Result<Outcome, Refusal> {
+        let checkpoint = self
+            .checkpoints
+            .entry((pipeline.to_string(), partition))
+            .or_default();
+        if position < checkpoint.position {
+            return Err(Refusal::Backwards {
+                pipeline: pipeline.to_string(),
+                partition,
+                given: position,
+                current: checkpoint.position,
+            });
+        }
+        *checkpoint = Checkpoint { position, epoch };
+        Ok(Outcome::Done)
     }
 
     /// The assignment of a partition, if `executor` owns it with `epoch`.

@@ -72,7 +72,8 @@ impl PartitionStats {
 }
 
 /// What partition pipelines have done, from their snapshots: records read (the source's
-/// output), scored (the sink's input) and dead-lettered (the dead letter's input).
+/// output), scored (what the sink took and wrote) and dead-lettered (the dead letter's
+/// input).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub read: u64,
@@ -86,7 +87,10 @@ impl Counts {
         let mut counts = Counts::default();
         for s in snapshots {
             counts.read += StageId::Source.of(s).map_or(0, |st| st.records_out);
-            counts.scored += StageId::Sink.of(s).map_or(0, |st| st.records_in);
+            // What the sink refused went on to the dead letter.
+            counts.scored += StageId::Sink
+                .of(s)
+                .map_or(0, |st| st.records_in - st.dead_lettered);
             counts.dead_lettered += StageId::DeadLetter.of(s).map_or(0, |st| st.records_in);
         }
         counts
@@ -266,7 +270,8 @@ impl PartitionFactory {
                     resources.context.clone(),
                     t.clone(),
                     resources.reasons.clone(),
-                ))
+                )
+                .last_resort())
             },
             dead_rx,
             None,

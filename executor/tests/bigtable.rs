@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowSet};
 use common::services::BigtableEmulator;
+use mirador_cluster_tests::spec::SpecYaml;
 use mirador_executor::connectors::bigtable::{
     create_table, load_features, BigtableLookup, BigtableSpec,
 };
@@ -115,47 +116,28 @@ async fn a_lookup_against_a_stopped_emulator_fails_as_unavailable() {
 }
 
 fn spec_yaml(name: &str, dir: &Path, features: &BigtableSpec, sink: &str, source: &str) -> String {
-    format!(
-        r#"
-name: {name}
-source:
-{source}
-enrichment:
-  bigtable:
-    project: {project}
-    instance: {instance}
-    table: {table}
-    endpoint: "{endpoint}"
-    timeout_ms: 500
-  features: [{features_list}]
-  cache:
-    ttl_secs: 1
-  retries: 1
-  timeout_ms: 500
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-  max_wait_ms: 2
-sink:
-{sink}
-dead_letter:
-  file:
-    path: {dir}/dead.jsonl
-batching:
-  max_records: 128
-checkpoint:
-  dir: {dir}/checkpoints
-  interval_ms: 50
-"#,
-        project = features.project,
-        instance = features.instance,
-        table = features.table,
-        endpoint = features.endpoint.clone().unwrap(),
-        features_list = common::DEMO_FEATURES.join(", "),
-        model = common::demo_model().display(),
-        dir = dir.display(),
-    )
+    let lookup = format!(
+        "  bigtable:\n    project: {}\n    instance: {}\n    table: {}\n    endpoint: \"{}\"\n    \
+         timeout_ms: 500",
+        features.project,
+        features.instance,
+        features.table,
+        features.endpoint.clone().unwrap(),
+    );
+    let dir = dir.display();
+    SpecYaml {
+        name,
+        source,
+        lookup: &lookup,
+        enrichment: "  cache:\n    ttl_secs: 1\n  retries: 1\n  timeout_ms: 500",
+        model: "  max_wait_ms: 2",
+        sink,
+        dead_letter: &format!("  file:\n    path: {dir}/dead.jsonl"),
+        rest: &format!(
+            "batching:\n  max_records: 128\ncheckpoint:\n  dir: {dir}/checkpoints\n  interval_ms: 50\n"
+        ),
+    }
+    .yaml()
 }
 
 fn written(dir: &Path) -> HashMap<u64, usize> {

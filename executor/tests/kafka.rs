@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::services::{read_topic, KafkaBroker};
-use mirador_actors::{CheckpointTracker, Position, Source, SourceEnd};
+use mirador_actors::{Position, ReasonCode, Source, SourceEnd};
 use mirador_cluster_tests::event_id;
 use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::connectors::kafka::{KafkaSource, KafkaSourceSpec};
@@ -20,6 +20,25 @@ use rdkafka::ClientConfig;
 /// (partition, offset) of an input record.
 type Key = (u64, u64);
 
+/// An unbounded generator of one partition, for payloads to produce.
+fn unbounded(customers: u64, poison_ratio: f64, seed: u64) -> GeneratorSpec {
+    GeneratorSpec {
+        events: None,
+        partitions: 1,
+        customers,
+        zipf_exponent: 1.1,
+        poison_ratio,
+        seed,
+        rate_per_sec: None,
+    }
+}
+
+/// A spec's resources, built on `pool`.
+async fn resources(yaml: &str, pool: &InferencePool) -> Arc<PipelineResources> {
+    let spec = PipelineSpec::from_yaml(yaml).unwrap();
+    Arc::new(PipelineResources::build(spec, pool).await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_pipeline_scores_every_record_and_dead_letters_the_poison() {
     let broker = KafkaBroker::start();
@@ -29,15 +48,7 @@ async fn a_kafka_pipeline_scores_every_record_and_dead_letters_the_poison() {
     let brokers = broker.brokers();
 
     // 4000 events, 3% poison, round-robin over the four partitions.
-    let generator = GeneratorSpec {
-        events: None,
-        partitions: 1,
-        customers: 12_000,
-        zipf_exponent: 1.1,
-        poison_ratio: 0.03,
-        seed: 21,
-        rate_per_sec: None,
-    };
+    let generator = unbounded(12_000, 0.03, 21);
     let factory = EventFactory::new(&generator, 0, PayloadFormat::Json, 65536);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -72,16 +83,9 @@ async fn a_kafka_pipeline_scores_every_record_and_dead_letters_the_poison() {
         format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: events\n    stop_at_end: true");
     let sink = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: scored");
     let dead = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: dead");
-    let spec = PipelineSpec::from_yaml(&common::spec_yaml(
-        "kafka",
-        &source,
-        &sink,
-        &dead,
-        &dir.path().join("cp"),
-    ))
-    .unwrap();
     let pool = InferencePool::default();
-    let resources = Arc::new(PipelineResources::build(spec, &pool).await.unwrap());
+    let yaml = common::spec_yaml("kafka", &source, &sink, &dead, &dir.path().join("cp"));
+    let resources = resources(&yaml, &pool).await;
     assert_eq!(
         resources.partitions, 4,
         "a pipeline partition per topic partition"
@@ -160,15 +164,7 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     broker.create_topic("dead", 1);
     let brokers = broker.brokers();
     let events = mirador_executor::connectors::generator::EventFactory::new(
-        &GeneratorSpec {
-            events: None,
-            partitions: 1,
-            customers: 12_000,
-            zipf_exponent: 1.1,
-            poison_ratio: 0.01,
-            seed: 9,
-            rate_per_sec: None,
-        },
+        &unbounded(12_000, 0.01, 9),
         0,
         PayloadFormat::Json,
         65536,
@@ -194,10 +190,12 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
         format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: events\n    stop_at_end: true");
     let sink = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: scored");
     let dead = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: dead");
-    let spec =
-        PipelineSpec::from_yaml(&common::spec_yaml("restart", &source, &sink, &dead, &cp)).unwrap();
     let pool = InferencePool::default();
-    let resources = Arc::new(PipelineResources::build(spec, &pool).await.unwrap());
+    let resources = resources(
+        &common::spec_yaml("restart", &source, &sink, &dead, &cp),
+        &pool,
+    )
+    .await;
     let options = RunOptions::default();
     let run = mirador_executor::PipelineRun::start(resources, &options)
         .await
@@ -292,12 +290,12 @@ async fn the_source_knows_the_high_watermark_even_while_the_pipeline_holds_it_ba
     let spec: KafkaSourceSpec =
         serde_yaml_ng::from_str(&format!("brokers: \"{brokers}\"\ntopic: lag")).unwrap();
     let end = Arc::new(SourceEnd::default());
-    let tracker = Arc::new(CheckpointTracker::new(Some(Position {
+    let resume = Some(Position {
         partition: 0,
         offset: 100,
-    })));
-    let mut source = KafkaSource::start(&spec, 0, 50, tracker, end.clone()).unwrap();
-    let first = source.next_batch().await.unwrap().expect("a batch");
+    });
+    let mut source = KafkaSource::start(&spec, 0, 50, resume, end.clone()).unwrap();
+    let first = source.next_batch().await.unwrap().expect("a batch").items;
     assert_eq!(
         first[0].origin.position.offset, 100,
         "the source resumes at its checkpoint"
@@ -309,4 +307,78 @@ async fn the_source_knows_the_high_watermark_even_while_the_pipeline_holds_it_ba
     produce_records(&brokers, "lag", 200).await;
     wait_for_end(&end, 500).await;
     drop(source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_kafka_sink_refuses_goes_to_the_dead_letter_as_sink_rejected() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("scored", 1);
+    broker.create_topic("dead", 1);
+    let brokers = broker.brokers();
+
+    // 300 events; every tenth carries an attribute too large for the sink's producer.
+    let generator = unbounded(1000, 0.0, 4);
+    let factory = EventFactory::new(&generator, 0, PayloadFormat::Json, 65536);
+    let now = chrono::Utc::now().timestamp_millis();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let (mut lines, mut payload, mut oversized) = (String::new(), Vec::new(), Vec::new());
+    for seq in 0..300u64 {
+        factory.payload(seq, now, &mut payload);
+        let mut event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if seq % 10 == 0 {
+            event["attributes"] = serde_json::json!({ "note": "n".repeat(5000) });
+            oversized.push(event["event_id"].as_str().unwrap().to_string());
+        }
+        lines.push_str(&format!("{event}\n"));
+    }
+    std::fs::write(&input, lines).unwrap();
+
+    let source = format!("  file:\n    path: {}", input.display());
+    let sink = format!(
+        "  kafka:\n    brokers: \"{brokers}\"\n    topic: scored\n    properties:\n      \
+         message.max.bytes: \"4000\""
+    );
+    let dead = format!("  kafka:\n    brokers: \"{brokers}\"\n    topic: dead");
+    let pool = InferencePool::default();
+    let yaml = common::spec_yaml("refused", &source, &sink, &dead, &dir.path().join("cp"));
+    let resources = resources(&yaml, &pool).await;
+    let report = run_pipeline(resources, &RunOptions::default())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(report.events_in, 300);
+    assert_eq!(
+        report.scored, 270,
+        "what the sink refused is not counted as scored"
+    );
+    assert_eq!(
+        report.dead_lettered,
+        BTreeMap::from([(ReasonCode::SinkRejected, 30)]),
+        "the refused records are dead-lettered as sink_rejected, nothing else"
+    );
+
+    let scored: Vec<String> = read_topic(&brokers, "scored", 1)
+        .into_iter()
+        .map(|(value, _)| {
+            let line: serde_json::Value = serde_json::from_slice(&value).unwrap();
+            line["event"]["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(scored.len(), 270);
+    assert!(scored.iter().all(|id| !oversized.contains(id)));
+    let mut refused = Vec::new();
+    for (value, headers) in read_topic(&brokers, "dead", 1) {
+        assert_eq!(headers["reason"], "sink_rejected", "{headers:?}");
+        assert_eq!(headers["stage"], "sink");
+        assert!(headers["message"].contains("kafka refused"), "{headers:?}");
+        let event: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        refused.push(event["event_id"].as_str().unwrap().to_string());
+    }
+    refused.sort();
+    oversized.sort();
+    assert_eq!(
+        refused, oversized,
+        "the refused records, each once, as they came in"
+    );
 }

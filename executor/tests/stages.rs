@@ -408,8 +408,8 @@ async fn the_file_source_resumes_at_its_checkpoint_and_bounds_long_lines() {
     let long = "y".repeat(5000);
     std::fs::write(&path, format!("a\n\nbb\n{long}\nccc")).unwrap();
     let tracker = Arc::new(CheckpointTracker::new(None));
-    let mut source = FileSource::open(&path, 2, 100, tracker.clone()).unwrap();
-    let first = source.next_batch().await.unwrap().unwrap();
+    let mut source = FileSource::open(&path, 2, 100, tracker.committed()).unwrap();
+    let first = source.next_batch().await.unwrap().unwrap().open(&tracker);
     let payloads: Vec<&[u8]> = first.iter().map(|r| &r.origin.payload[..]).collect();
     assert_eq!(
         payloads,
@@ -417,7 +417,7 @@ async fn the_file_source_resumes_at_its_checkpoint_and_bounds_long_lines() {
         "blank lines are skipped"
     );
     assert_eq!(first[1].origin.position.offset, 3);
-    let second = source.next_batch().await.unwrap().unwrap();
+    let second = source.next_batch().await.unwrap().unwrap().open(&tracker);
     assert_eq!(
         second[0].origin.payload.len(),
         101,
@@ -432,9 +432,8 @@ async fn the_file_source_resumes_at_its_checkpoint_and_bounds_long_lines() {
 
     // Acknowledge the first batch only: a new source starts right after it.
     tracker.ack(first.iter().map(|r| r.origin.ack));
-    let resumed_tracker = Arc::new(CheckpointTracker::new(tracker.committed()));
-    let mut resumed = FileSource::open(&path, 10, 100, resumed_tracker).unwrap();
-    let again = resumed.next_batch().await.unwrap().unwrap();
+    let mut resumed = FileSource::open(&path, 10, 100, tracker.committed()).unwrap();
+    let again = resumed.next_batch().await.unwrap().unwrap().items;
     assert_eq!(again.len(), 2);
     assert_eq!(again[0].origin.position.offset, 6);
 }
@@ -453,14 +452,13 @@ async fn the_generator_is_deterministic_skewed_and_resumable() {
     let read_all = |committed: Option<Position>| {
         let spec = spec.clone();
         async move {
-            let tracker = Arc::new(CheckpointTracker::new(committed));
             let end = SourceEnd::default();
             let mut source =
-                GeneratorSource::new(&spec, 0, PayloadFormat::Json, 65536, 512, tracker, &end);
+                GeneratorSource::new(&spec, 0, PayloadFormat::Json, 65536, 512, committed, &end);
             assert_eq!(end.end(), spec.events, "a bounded generator knows its end");
             let mut events = Vec::new();
             while let Some(batch) = source.next_batch().await.unwrap() {
-                for record in batch {
+                for record in batch.items {
                     let value: serde_json::Value =
                         serde_json::from_slice(&record.origin.payload).unwrap();
                     events.push((

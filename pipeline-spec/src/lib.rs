@@ -488,7 +488,7 @@ impl PipelineSpec {
         Ok(spec)
     }
 
-    /// Checks every value; does no I/O.
+    /// Checks every value, section by section; does no I/O.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.name.is_empty()
             || self.name.len() > 64
@@ -503,207 +503,12 @@ impl PipelineSpec {
                 "1 to 64 characters among letters, digits, '-' and '_'",
             ));
         }
-        match &self.source {
-            SourceSpec::File(file) => {
-                non_empty_path("source.file.path", &file.path)?;
-                if self.decode.format == PayloadFormat::Protobuf {
-                    return Err(FieldError::value(
-                        "decode.format",
-                        "protobuf",
-                        "a file source holds JSON lines",
-                    ));
-                }
-            }
-            SourceSpec::Kafka(kafka) => kafka.validate("source.kafka")?,
-            SourceSpec::Pubsub(pubsub) => pubsub.validate("source.pubsub")?,
-            SourceSpec::Generator(generator) => {
-                if generator.events == Some(0) {
-                    return Err(FieldError::value(
-                        "source.generator.events",
-                        0,
-                        "must be at least 1",
-                    ));
-                }
-                in_range("source.generator.partitions", generator.partitions, 1, 256)?;
-                in_range(
-                    "source.generator.customers",
-                    generator.customers,
-                    1,
-                    1_000_000_000,
-                )?;
-                in_range(
-                    "source.generator.zipf_exponent",
-                    generator.zipf_exponent,
-                    0.0,
-                    10.0,
-                )?;
-                if generator.zipf_exponent <= 0.0 {
-                    return Err(FieldError::value(
-                        "source.generator.zipf_exponent",
-                        generator.zipf_exponent,
-                        "must be greater than 0",
-                    ));
-                }
-                in_range(
-                    "source.generator.poison_ratio",
-                    generator.poison_ratio,
-                    0.0,
-                    1.0,
-                )?;
-                if let Some(rate) = generator.rate_per_sec {
-                    if !(rate > 0.0 && rate.is_finite()) {
-                        return Err(FieldError::value(
-                            "source.generator.rate_per_sec",
-                            rate,
-                            "must be a positive number",
-                        ));
-                    }
-                }
-            }
-        }
-        in_range(
-            "decode.max_payload_bytes",
-            self.decode.max_payload_bytes,
-            64,
-            16 << 20,
-        )?;
-        in_range(
-            "decode.max_clock_skew_secs",
-            self.decode.max_clock_skew_secs,
-            0,
-            366 * 86400,
-        )?;
-        in_range(
-            "decode.max_event_age_days",
-            self.decode.max_event_age_days,
-            1,
-            36500,
-        )?;
-
-        let enrichment = &self.enrichment;
-        match (&enrichment.table, &enrichment.bigtable) {
-            (Some(table), None) => non_empty_path("enrichment.table.path", &table.path)?,
-            (None, Some(bigtable)) => bigtable.validate("enrichment.bigtable")?,
-            _ => {
-                return Err(FieldError::new(
-                    "enrichment",
-                    "exactly one of `table` or `bigtable` is needed",
-                ))
-            }
-        }
-        if enrichment.features.is_empty() {
-            return Err(FieldError::new("enrichment.features", "lists no feature"));
-        }
-        for (i, feature) in enrichment.features.iter().enumerate() {
-            if feature.is_empty() {
-                return Err(FieldError::value(
-                    format!("enrichment.features[{i}]"),
-                    feature,
-                    "empty name",
-                ));
-            }
-            if enrichment.features[..i].contains(feature) {
-                return Err(FieldError::value(
-                    format!("enrichment.features[{i}]"),
-                    feature,
-                    "listed twice",
-                ));
-            }
-        }
-        for (name, value) in &enrichment.defaults {
-            if !enrichment.features.contains(name) {
-                return Err(FieldError::value(
-                    format!("enrichment.defaults.{name}"),
-                    name,
-                    "not one of enrichment.features",
-                ));
-            }
-            if !value.is_finite() {
-                return Err(FieldError::value(
-                    format!("enrichment.defaults.{name}"),
-                    value,
-                    "must be a finite number",
-                ));
-            }
-        }
-        in_range(
-            "enrichment.cache.max_bytes",
-            enrichment.cache.max_bytes,
-            0,
-            64 << 30,
-        )?;
-        in_range(
-            "enrichment.cache.ttl_secs",
-            enrichment.cache.ttl_secs,
-            1,
-            7 * 86400,
-        )?;
-        if !enrichment.columns.is_empty() && enrichment.bigtable.is_none() {
-            return Err(FieldError::new(
-                "enrichment.columns",
-                "only a `bigtable` lookup has columns",
-            ));
-        }
-        for (feature, qualifier) in &enrichment.columns {
-            if !enrichment.features.contains(feature) {
-                return Err(FieldError::value(
-                    format!("enrichment.columns.{feature}"),
-                    feature,
-                    "not one of enrichment.features",
-                ));
-            }
-            if qualifier.is_empty() || qualifier.len() > 16 * 1024 {
-                return Err(FieldError::value(
-                    format!("enrichment.columns.{feature}"),
-                    qualifier,
-                    "a column qualifier is 1 byte to 16 KiB",
-                ));
-            }
-        }
-        in_range("enrichment.timeout_ms", enrichment.timeout_ms, 1, 60_000)?;
-        in_range("enrichment.retries", enrichment.retries, 0, 100)?;
-
-        let model = &self.model;
-        if model.name.is_empty() {
-            return Err(FieldError::value(
-                "model.name",
-                &model.name,
-                "must not be empty",
-            ));
-        }
-        if model.version.is_empty() {
-            return Err(FieldError::value(
-                "model.version",
-                &model.version,
-                "must not be empty",
-            ));
-        }
-        non_empty_path("model.path", &model.path)?;
-        in_range("model.max_batch_rows", model.max_batch_rows, 1, 1 << 20)?;
-        in_range("model.max_wait_ms", model.max_wait_ms, 0, 10_000)?;
-        in_range("model.threads", model.threads, 1, 256)?;
-
-        for (field, sink) in [("sink", &self.sink), ("dead_letter", &self.dead_letter)] {
-            for target in &sink.targets {
-                match target {
-                    SinkTarget::File(file) => {
-                        non_empty_path(&format!("{field}.file.path"), &file.path)?
-                    }
-                    SinkTarget::Bigtable(_) if field == "dead_letter" => {
-                        return Err(FieldError::new(
-                            "dead_letter.bigtable",
-                            "a dead letter keeps whole records: use file",
-                        ))
-                    }
-                    SinkTarget::Bigtable(bigtable) => {
-                        bigtable.validate(&format!("{field}.bigtable"))?
-                    }
-                    SinkTarget::Kafka(kafka) => kafka.validate(&format!("{field}.kafka"))?,
-                    SinkTarget::Pubsub(pubsub) => pubsub.validate(&format!("{field}.pubsub"))?,
-                    SinkTarget::Stdout | SinkTarget::Null => {}
-                }
-            }
-        }
+        self.source.validate(self.decode.format)?;
+        self.decode.validate()?;
+        self.enrichment.validate()?;
+        self.model.validate()?;
+        self.sink.validate("sink")?;
+        self.dead_letter.validate("dead_letter")?;
         if let (Some(a), Some(b)) = (self.sink.file(), self.dead_letter.file()) {
             if a.path == b.path {
                 return Err(FieldError::value(
@@ -713,26 +518,8 @@ impl PipelineSpec {
                 ));
             }
         }
-        in_range(
-            "batching.max_records",
-            self.batching.max_records,
-            1,
-            1 << 20,
-        )?;
-        in_range(
-            "batching.link_capacity",
-            self.batching.link_capacity,
-            1,
-            1024,
-        )?;
-        non_empty_path("checkpoint.dir", &self.checkpoint.dir)?;
-        in_range(
-            "checkpoint.interval_ms",
-            self.checkpoint.interval_ms,
-            10,
-            3_600_000,
-        )?;
-        Ok(())
+        self.batching.validate()?;
+        self.checkpoint.validate()
     }
 
     /// Partitions known from the spec alone; a Kafka topic's come from its brokers.
@@ -757,6 +544,245 @@ impl PipelineSpec {
 
     pub fn checkpoint_interval(&self) -> Duration {
         Duration::from_millis(self.checkpoint.interval_ms)
+    }
+}
+
+impl SourceSpec {
+    /// The source's settings, and whether it can carry payloads of `format`.
+    fn validate(&self, format: PayloadFormat) -> Result<(), FieldError> {
+        match self {
+            SourceSpec::File(file) => {
+                non_empty_path("source.file.path", &file.path)?;
+                if format == PayloadFormat::Protobuf {
+                    return Err(FieldError::value(
+                        "decode.format",
+                        "protobuf",
+                        "a file source holds JSON lines",
+                    ));
+                }
+                Ok(())
+            }
+            SourceSpec::Kafka(kafka) => kafka.validate("source.kafka"),
+            SourceSpec::Pubsub(pubsub) => pubsub.validate("source.pubsub"),
+            SourceSpec::Generator(generator) => generator.validate(),
+        }
+    }
+}
+
+impl GeneratorSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.events == Some(0) {
+            return Err(FieldError::value(
+                "source.generator.events",
+                0,
+                "must be at least 1",
+            ));
+        }
+        in_range("source.generator.partitions", self.partitions, 1, 256)?;
+        in_range(
+            "source.generator.customers",
+            self.customers,
+            1,
+            1_000_000_000,
+        )?;
+        in_range(
+            "source.generator.zipf_exponent",
+            self.zipf_exponent,
+            0.0,
+            10.0,
+        )?;
+        if self.zipf_exponent <= 0.0 {
+            return Err(FieldError::value(
+                "source.generator.zipf_exponent",
+                self.zipf_exponent,
+                "must be greater than 0",
+            ));
+        }
+        in_range("source.generator.poison_ratio", self.poison_ratio, 0.0, 1.0)?;
+        if let Some(rate) = self.rate_per_sec {
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(FieldError::value(
+                    "source.generator.rate_per_sec",
+                    rate,
+                    "must be a positive number",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DecodeSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range(
+            "decode.max_payload_bytes",
+            self.max_payload_bytes,
+            64,
+            16 << 20,
+        )?;
+        in_range(
+            "decode.max_clock_skew_secs",
+            self.max_clock_skew_secs,
+            0,
+            366 * 86400,
+        )?;
+        in_range(
+            "decode.max_event_age_days",
+            self.max_event_age_days,
+            1,
+            36500,
+        )
+    }
+}
+
+impl EnrichmentSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        match (&self.table, &self.bigtable) {
+            (Some(table), None) => non_empty_path("enrichment.table.path", &table.path)?,
+            (None, Some(bigtable)) => bigtable.validate("enrichment.bigtable")?,
+            _ => {
+                return Err(FieldError::new(
+                    "enrichment",
+                    "exactly one of `table` or `bigtable` is needed",
+                ))
+            }
+        }
+        if self.features.is_empty() {
+            return Err(FieldError::new("enrichment.features", "lists no feature"));
+        }
+        for (i, feature) in self.features.iter().enumerate() {
+            if feature.is_empty() {
+                return Err(FieldError::value(
+                    format!("enrichment.features[{i}]"),
+                    feature,
+                    "empty name",
+                ));
+            }
+            if self.features[..i].contains(feature) {
+                return Err(FieldError::value(
+                    format!("enrichment.features[{i}]"),
+                    feature,
+                    "listed twice",
+                ));
+            }
+        }
+        for (name, value) in &self.defaults {
+            if !self.features.contains(name) {
+                return Err(FieldError::value(
+                    format!("enrichment.defaults.{name}"),
+                    name,
+                    "not one of enrichment.features",
+                ));
+            }
+            if !value.is_finite() {
+                return Err(FieldError::value(
+                    format!("enrichment.defaults.{name}"),
+                    value,
+                    "must be a finite number",
+                ));
+            }
+        }
+        in_range(
+            "enrichment.cache.max_bytes",
+            self.cache.max_bytes,
+            0,
+            64 << 30,
+        )?;
+        in_range(
+            "enrichment.cache.ttl_secs",
+            self.cache.ttl_secs,
+            1,
+            7 * 86400,
+        )?;
+        if !self.columns.is_empty() && self.bigtable.is_none() {
+            return Err(FieldError::new(
+                "enrichment.columns",
+                "only a `bigtable` lookup has columns",
+            ));
+        }
+        for (feature, qualifier) in &self.columns {
+            if !self.features.contains(feature) {
+                return Err(FieldError::value(
+                    format!("enrichment.columns.{feature}"),
+                    feature,
+                    "not one of enrichment.features",
+                ));
+            }
+            if qualifier.is_empty() || qualifier.len() > 16 * 1024 {
+                return Err(FieldError::value(
+                    format!("enrichment.columns.{feature}"),
+                    qualifier,
+                    "a column qualifier is 1 byte to 16 KiB",
+                ));
+            }
+        }
+        in_range("enrichment.timeout_ms", self.timeout_ms, 1, 60_000)?;
+        in_range("enrichment.retries", self.retries, 0, 100)?;
+        Ok(())
+    }
+}
+
+impl ModelSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.name.is_empty() {
+            return Err(FieldError::value(
+                "model.name",
+                &self.name,
+                "must not be empty",
+            ));
+        }
+        if self.version.is_empty() {
+            return Err(FieldError::value(
+                "model.version",
+                &self.version,
+                "must not be empty",
+            ));
+        }
+        non_empty_path("model.path", &self.path)?;
+        in_range("model.max_batch_rows", self.max_batch_rows, 1, 1 << 20)?;
+        in_range("model.max_wait_ms", self.max_wait_ms, 0, 10_000)?;
+        in_range("model.threads", self.threads, 1, 256)?;
+        Ok(())
+    }
+}
+
+impl SinkSpec {
+    /// Every target of the sink at `field` (`sink` or `dead_letter`).
+    fn validate(&self, field: &str) -> Result<(), FieldError> {
+        for target in &self.targets {
+            match target {
+                SinkTarget::File(file) => {
+                    non_empty_path(&format!("{field}.file.path"), &file.path)?
+                }
+                SinkTarget::Bigtable(_) if field == "dead_letter" => {
+                    return Err(FieldError::new(
+                        "dead_letter.bigtable",
+                        "a dead letter keeps whole records: use file",
+                    ))
+                }
+                SinkTarget::Bigtable(bigtable) => {
+                    bigtable.validate(&format!("{field}.bigtable"))?
+                }
+                SinkTarget::Kafka(kafka) => kafka.validate(&format!("{field}.kafka"))?,
+                SinkTarget::Pubsub(pubsub) => pubsub.validate(&format!("{field}.pubsub"))?,
+                SinkTarget::Stdout | SinkTarget::Null => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BatchingSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range("batching.max_records", self.max_records, 1, 1 << 20)?;
+        in_range("batching.link_capacity", self.link_capacity, 1, 1024)
+    }
+}
+
+impl CheckpointSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        non_empty_path("checkpoint.dir", &self.dir)?;
+        in_range("checkpoint.interval_ms", self.interval_ms, 10, 3_600_000)
     }
 }
 

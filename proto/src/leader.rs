@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::retry::Backoff;
+use crate::sync::Locked;
 use crate::transport::{self, ChannelOptions};
 
 /// Between attempts at the coordinators: short, as an election takes about a second.
@@ -64,11 +65,11 @@ impl LeaderChannel {
     }
 
     fn channel(&self) -> Result<(String, Channel), Status> {
-        let addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        let addresses = self.addresses.locked();
         if addresses.is_empty() {
             return Err(Status::invalid_argument("no coordinator address"));
         }
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.locked();
         let index = current.0 % addresses.len();
         let addr = addresses[index].clone();
         if current.1.is_none() {
@@ -79,8 +80,8 @@ impl LeaderChannel {
 
     /// Calls the next address from now on.
     fn rotate(&self, failed: &str) {
-        let addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let addresses = self.addresses.locked();
+        let mut current = self.current.locked();
         if addresses
             .get(current.0 % addresses.len().max(1))
             .map(String::as_str)
@@ -93,7 +94,7 @@ impl LeaderChannel {
 
     /// Calls `leader` from now on, learning its address if it is new.
     fn follow(&self, leader: &str) {
-        let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        let mut addresses = self.addresses.locked();
         let index = match addresses.iter().position(|a| a == leader) {
             Some(index) => index,
             None => {
@@ -101,7 +102,7 @@ impl LeaderChannel {
                 addresses.len() - 1
             }
         };
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.locked();
         if current.0 != index {
             *current = (index, None);
         }

@@ -1,10 +1,11 @@
 //! Generated protobuf types shared by every Mirador crate, the transport that carries
 //! them (every channel and server), the client channel that follows a region's Raft
-//! leader, the one retry policy, and the reader of node config files.
+//! leader, the one retry policy, the reader of node config files, and locks that outlive a panic.
 
 pub mod config;
 pub mod leader;
 pub mod retry;
+pub mod sync;
 pub mod transport;
 
 pub mod records {

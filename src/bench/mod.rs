@@ -1,6 +1,7 @@
 //! `mirador bench`: the data path end to end, and each stage alone at full speed, in one
 //! process and one run, so the figures compare.
 
+pub mod cluster;
 pub mod connectors;
 
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mirador_cluster_tests::spec::SpecYaml;
 use serde_json::Value;
 
 pub const MIRADOR: &str = env!("CARGO_BIN_EXE_mirador");
@@ -16,46 +17,25 @@ pub fn mirador() -> String {
     std::env::var("MIRADOR_BIN").unwrap_or_else(|_| MIRADOR.to_string())
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Writes `dir/pipeline.yaml`: `source` (a YAML block indented by two spaces) through the
 /// demo features and model into `dir/scored.jsonl` and `dir/dead.jsonl`, checkpointing
 /// every 100 ms into `dir/checkpoints`.
 pub fn write_spec(dir: &Path, name: &str, source: &str) -> PathBuf {
     let spec = dir.join("pipeline.yaml");
+    let out = dir.display();
     std::fs::write(
         &spec,
-        format!(
-            r#"
-name: {name}
-source:
-{source}
-enrichment:
-  table:
-    path: {features}
-  features: [recency_days, frequency_30d, monetary_90d, engagement_score, email_opt_in, loyalty_tier, churn_risk]
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-sink:
-  file:
-    path: {out}/scored.jsonl
-dead_letter:
-  file:
-    path: {out}/dead.jsonl
-batching:
-  max_records: 256
-checkpoint:
-  dir: {out}/checkpoints
-  interval_ms: 100
-"#,
-            features = repo().join("examples/features.csv").display(),
-            model = repo().join("models/propensity-v1.pt").display(),
-            out = dir.display(),
-        ),
+        SpecYaml {
+            name,
+            source,
+            sink: &format!("  file:\n    path: {out}/scored.jsonl"),
+            dead_letter: &format!("  file:\n    path: {out}/dead.jsonl"),
+            rest: &format!(
+                "batching:\n  max_records: 256\ncheckpoint:\n  dir: {out}/checkpoints\n  interval_ms: 100\n"
+            ),
+            ..SpecYaml::default()
+        }
+        .yaml(),
     )
     .unwrap();
     spec

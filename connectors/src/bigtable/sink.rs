@@ -9,10 +9,12 @@ use mirador_actors::StageError;
 
 use super::BigtableSpec;
 use crate::event::{format_millis, ScoredRecord};
-use crate::sinks::{EncodeContext, RecordSink};
+use crate::sinks::{EncodeContext, RecordSink, Refused};
 
 /// Attempts at the entries of one batch that the table refused before the batch fails.
 const ENTRY_ATTEMPTS: usize = 3;
+/// The status of an entry that is wrong in itself (a row key too long): no retry mends it.
+const INVALID_ARGUMENT: i32 = 3;
 
 /// Writes one row per customer (row key: the customer id). Every cell's timestamp is the
 /// event's time, so writing the same record again writes the same cells: a replay after a
@@ -75,13 +77,16 @@ impl RecordSink<ScoredRecord> for BigtableSink {
         &'a self,
         batch: &'a [ScoredRecord],
         _context: &'a EncodeContext,
-    ) -> BoxFuture<'a, Result<(), StageError>> {
+    ) -> BoxFuture<'a, Result<Refused, StageError>> {
         Box::pin(async move {
             let unavailable = |message: String| StageError::Unavailable {
                 service: "bigtable sink",
                 message,
             };
             let mut entries: Vec<Entry> = batch.iter().map(|r| self.entry(r)).collect();
+            // The index in `batch` of each entry still to write.
+            let mut indices: Vec<usize> = (0..batch.len()).collect();
+            let mut refused = Refused::new();
             let mut client = self.client.clone();
             for attempt in 1..=ENTRY_ATTEMPTS {
                 let request = MutateRowsRequest {
@@ -103,17 +108,33 @@ impl RecordSink<ScoredRecord> for BigtableSink {
                     .map_err(|e| unavailable(format!("mutate_rows: {e}")))?
                 {
                     for entry in response.entries {
-                        if let Some(status) = entry.status.filter(|s| s.code != 0) {
-                            failed.push(entry.index as usize);
-                            last_error = format!("code {}: {}", status.code, status.message);
+                        let at = entry.index as usize;
+                        match entry.status.filter(|s| s.code != 0) {
+                            Some(status) if status.code == INVALID_ARGUMENT => {
+                                if let Some(&index) = indices.get(at) {
+                                    refused.push((
+                                        index,
+                                        format!("bigtable refused the row: {}", status.message),
+                                    ));
+                                }
+                            }
+                            Some(status) => {
+                                failed.push(at);
+                                last_error = format!("code {}: {}", status.code, status.message);
+                            }
+                            None => {}
                         }
                     }
                 }
                 if failed.is_empty() {
-                    return Ok(());
+                    return Ok(refused);
                 }
                 tracing::warn!(attempt, refused = failed.len(), error = %last_error,
                     "bigtable refused entries, retrying them");
+                indices = failed
+                    .iter()
+                    .filter_map(|&i| indices.get(i).copied())
+                    .collect();
                 entries = failed
                     .into_iter()
                     .filter_map(|i| entries.get(i).cloned())
@@ -125,7 +146,7 @@ impl RecordSink<ScoredRecord> for BigtableSink {
                     )));
                 }
             }
-            Ok(())
+            Ok(refused)
         })
     }
 }

@@ -3,11 +3,10 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
+use mirador_actors::{Position, Source, SourceBatch, StageError};
 
 use crate::event::RawRecord;
 
@@ -19,21 +18,20 @@ pub struct FileSource {
     batch_records: usize,
     /// Lines longer than this are cut here; the decoder rejects them as oversized.
     max_line_bytes: usize,
-    tracker: Arc<CheckpointTracker>,
 }
 
 impl FileSource {
-    /// Opens `path` at the tracker's committed position.
+    /// Opens `path` at the byte offset of `resume` (the partition's checkpoint).
     pub fn open(
         path: &Path,
         batch_records: usize,
         max_line_bytes: usize,
-        tracker: Arc<CheckpointTracker>,
+        resume: Option<Position>,
     ) -> Result<Self, StageError> {
         let fatal = |e: std::io::Error| StageError::Fatal(format!("{}: {e}", path.display()));
         let file = File::open(path).map_err(fatal)?;
         let mut reader = BufReader::with_capacity(256 * 1024, file);
-        let offset = tracker.committed().map_or(0, |p| p.offset);
+        let offset = resume.map_or(0, |p| p.offset);
         reader.seek(SeekFrom::Start(offset)).map_err(fatal)?;
         Ok(FileSource {
             path: path.to_path_buf(),
@@ -41,7 +39,6 @@ impl FileSource {
             offset,
             batch_records,
             max_line_bytes,
-            tracker,
         })
     }
 
@@ -83,7 +80,7 @@ impl Source for FileSource {
 
     // Reads from the page cache synchronously: a batch is a few hundred microseconds of
     // work, cheaper than handing it to a blocking thread.
-    async fn next_batch(&mut self) -> Result<Option<Vec<RawRecord>>, StageError> {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch<RawRecord>>, StageError> {
         let mut lines = Vec::with_capacity(self.batch_records);
         let mut line = Vec::new();
         while lines.len() < self.batch_records {
@@ -114,23 +111,11 @@ impl Source for FileSource {
             partition: 0,
             offset: self.offset,
         };
-        let ack = self.tracker.open(lines.len(), end);
         let read_at = Instant::now();
-        Ok(Some(
-            lines
-                .into_iter()
-                .map(|(offset, payload)| RawRecord {
-                    origin: Origin {
-                        ack,
-                        position: Position {
-                            partition: 0,
-                            offset,
-                        },
-                        payload,
-                        read_at,
-                    },
-                })
-                .collect(),
-        ))
+        let items = lines
+            .into_iter()
+            .map(|(offset, payload)| RawRecord::read(0, offset, payload, read_at))
+            .collect();
+        Ok(Some(SourceBatch { items, end }))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
+use mirador_actors::{Position, Source, SourceBatch, SourceEnd, StageError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -267,37 +267,55 @@ impl EventFactory {
             draw.write_json(self.partition, seq, out);
             return;
         }
-        let mut event = draw.event(self.event_id(seq));
-        if self.format == PayloadFormat::Protobuf {
-            match poison {
-                None => {}
-                Some(Poison::InvalidJson | Poison::InvalidUtf8 | Poison::WrongType) => {
-                    out.extend_from_slice(b"\xff\xff\xff\xff not a protobuf message");
-                    return;
-                }
-                Some(Poison::MissingCustomerId | Poison::EmptyCustomerId) => {
-                    event.customer_id.clear()
-                }
-                Some(Poison::UnknownEventType) => {}
-                Some(Poison::Oversized) => {
-                    event
-                        .attributes
-                        .insert("padding".into(), "x".repeat(self.oversize_bytes));
-                }
-                Some(Poison::FutureTimestamp) => event.event_time = now_ms + 86_400_000 * 2,
-                Some(Poison::AncientTimestamp) => event.event_time = 1000,
-            }
-            let mut message = to_protobuf(&event);
-            if poison == Some(Poison::UnknownEventType) {
-                let mut proto =
-                    <mirador_proto::records::Event as prost::Message>::decode(&message[..])
-                        .expect("just encoded");
-                proto.event_type = "teleport".into();
-                message = prost::Message::encode_to_vec(&proto);
-            }
-            out.extend_from_slice(&message);
-            return;
+        let event = draw.event(self.event_id(seq));
+        match self.format {
+            PayloadFormat::Protobuf => self.protobuf_payload(event, poison, now_ms, out),
+            PayloadFormat::Json => self.json_payload(event, poison, now_ms, out),
         }
+    }
+
+    /// A protobuf `Event`, spoiled as `poison` says.
+    fn protobuf_payload(
+        &self,
+        mut event: Event,
+        poison: Option<Poison>,
+        now_ms: i64,
+        out: &mut Vec<u8>,
+    ) {
+        match poison {
+            None => {}
+            Some(Poison::InvalidJson | Poison::InvalidUtf8 | Poison::WrongType) => {
+                out.extend_from_slice(b"\xff\xff\xff\xff not a protobuf message");
+                return;
+            }
+            Some(Poison::MissingCustomerId | Poison::EmptyCustomerId) => event.customer_id.clear(),
+            Some(Poison::UnknownEventType) => {}
+            Some(Poison::Oversized) => {
+                event
+                    .attributes
+                    .insert("padding".into(), "x".repeat(self.oversize_bytes));
+            }
+            Some(Poison::FutureTimestamp) => event.event_time = now_ms + 86_400_000 * 2,
+            Some(Poison::AncientTimestamp) => event.event_time = 1000,
+        }
+        let mut message = to_protobuf(&event);
+        if poison == Some(Poison::UnknownEventType) {
+            let mut proto = <mirador_proto::records::Event as prost::Message>::decode(&message[..])
+                .expect("just encoded");
+            proto.event_type = "teleport".into();
+            message = prost::Message::encode_to_vec(&proto);
+        }
+        out.extend_from_slice(&message);
+    }
+
+    /// A JSON event, spoiled as `poison` says.
+    fn json_payload(
+        &self,
+        mut event: Event,
+        poison: Option<Poison>,
+        now_ms: i64,
+        out: &mut Vec<u8>,
+    ) {
         match poison {
             None => write_json(&event, out),
             Some(Poison::InvalidJson) => {
@@ -322,23 +340,9 @@ impl EventFactory {
                 write_json(&event, out);
             }
             Some(Poison::WrongType) => {
-                let _ = write!(
-                    out,
-                    r#"{{"event_id":"{}","customer_id":"{}","event_type":"purchase","value":"a lot","event_time":"{}"}}"#,
-                    event.event_id,
-                    event.customer_id,
-                    crate::event::format_millis(event.event_time)
-                );
+                write_with(out, &event, r#""event_type":"purchase","value":"a lot""#)
             }
-            Some(Poison::UnknownEventType) => {
-                let _ = write!(
-                    out,
-                    r#"{{"event_id":"{}","customer_id":"{}","event_type":"teleport","event_time":"{}"}}"#,
-                    event.event_id,
-                    event.customer_id,
-                    crate::event::format_millis(event.event_time)
-                );
-            }
+            Some(Poison::UnknownEventType) => write_with(out, &event, r#""event_type":"teleport""#),
             Some(Poison::Oversized) => {
                 event
                     .attributes
@@ -357,6 +361,17 @@ impl EventFactory {
     }
 }
 
+/// An event's id, customer and time around `members` (JSON members written as they are).
+fn write_with(out: &mut Vec<u8>, event: &Event, members: &str) {
+    let _ = write!(
+        out,
+        r#"{{"event_id":"{}","customer_id":"{}",{members},"event_time":"{}"}}"#,
+        event.event_id,
+        event.customer_id,
+        crate::event::format_millis(event.event_time)
+    );
+}
+
 /// The JSON form of docs/events.md. The generator's strings need no escaping beyond
 /// what serde_json does for attributes.
 pub fn write_json(event: &Event, out: &mut Vec<u8>) {
@@ -372,7 +387,6 @@ pub struct GeneratorSource {
     rate_per_sec: Option<f64>,
     started: Instant,
     emitted: u64,
-    tracker: Arc<CheckpointTracker>,
 }
 
 impl GeneratorSource {
@@ -382,10 +396,10 @@ impl GeneratorSource {
         format: PayloadFormat,
         max_payload_bytes: usize,
         batch_records: usize,
-        tracker: Arc<CheckpointTracker>,
+        resume: Option<Position>,
         source_end: &SourceEnd,
     ) -> Self {
-        let next = tracker.committed().map_or(0, |p| p.offset);
+        let next = resume.map_or(0, |p| p.offset);
         if let Some(events) = spec.events {
             source_end.set_end(events);
         }
@@ -398,7 +412,6 @@ impl GeneratorSource {
             rate_per_sec: spec.rate_per_sec,
             started: Instant::now(),
             emitted: 0,
-            tracker,
         }
     }
 }
@@ -410,7 +423,7 @@ impl Source for GeneratorSource {
         "source"
     }
 
-    async fn next_batch(&mut self) -> Result<Option<Vec<RawRecord>>, StageError> {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch<RawRecord>>, StageError> {
         let count = match self.end {
             Some(end) if self.next >= end => return Ok(None),
             Some(end) => (end - self.next).min(self.batch_records as u64),
@@ -422,34 +435,23 @@ impl Source for GeneratorSource {
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let end = self.next + count;
-        let ack = self.tracker.open(
-            count as usize,
-            Position {
-                partition: self.partition,
-                offset: end,
-            },
-        );
         let read_at = Instant::now();
         let mut buf = Vec::with_capacity(512);
-        let batch = (self.next..end)
+        let items = (self.next..end)
             .map(|seq| {
                 self.factory.payload(seq, now_ms, &mut buf);
-                RawRecord {
-                    origin: Origin {
-                        ack,
-                        position: Position {
-                            partition: self.partition,
-                            offset: seq,
-                        },
-                        payload: Bytes::copy_from_slice(&buf),
-                        read_at,
-                    },
-                }
+                RawRecord::read(self.partition, seq, Bytes::copy_from_slice(&buf), read_at)
             })
             .collect();
         self.next = end;
         self.emitted += count;
-        Ok(Some(batch))
+        Ok(Some(SourceBatch {
+            items,
+            end: Position {
+                partition: self.partition,
+                offset: end,
+            },
+        }))
     }
 }
 

@@ -9,7 +9,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{KafkaKey, KafkaSinkSpec};
-use crate::sinks::{EncodeContext, MessageRecord, RecordSink};
+use crate::sinks::{EncodeContext, MessageRecord, RecordSink, Refused};
 
 /// A record's attributes as Kafka headers; none for a record without attributes.
 fn headers(attributes: &[(&'static str, String)]) -> Option<OwnedHeaders> {
@@ -63,15 +63,16 @@ impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
         &'a self,
         batch: &'a [T],
         context: &'a EncodeContext,
-    ) -> BoxFuture<'a, Result<(), StageError>> {
+    ) -> BoxFuture<'a, Result<Refused, StageError>> {
         Box::pin(async move {
             let unavailable = |message: String| StageError::Unavailable {
                 service: "kafka sink",
                 message,
             };
             let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
-            let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(batch.len());
-            for record in batch {
+            let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(batch.len());
+            let mut refused = Refused::new();
+            for (index, record) in batch.iter().enumerate() {
                 let key = record.key(self.key);
                 let value = record.value(context, &now);
                 loop {
@@ -84,27 +85,55 @@ impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
                     }
                     match self.producer.send_result(message) {
                         Ok(delivery) => {
-                            pending.push(delivery);
+                            pending.push((index, delivery));
                             break;
                         }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             // The producer's queue is full: let what is in flight land.
-                            land(&mut pending).await.map_err(unavailable)?;
+                            land(&mut pending, &mut refused)
+                                .await
+                                .map_err(unavailable)?;
+                        }
+                        Err((KafkaError::MessageProduction(code), _)) if refuses_for_good(code) => {
+                            refused.push((index, format!("kafka refused the record: {code}")));
+                            break;
                         }
                         Err((error, _)) => return Err(unavailable(error.to_string())),
                     }
                 }
             }
-            land(&mut pending).await.map_err(unavailable)
+            land(&mut pending, &mut refused)
+                .await
+                .map_err(unavailable)?;
+            Ok(refused)
         })
     }
 }
 
-/// Waits for every pending delivery; the first failure is the error.
-async fn land(pending: &mut Vec<DeliveryFuture>) -> Result<(), String> {
-    for delivery in pending.drain(..) {
+/// Errors about the record itself (too large, malformed), which no retry mends; every
+/// other error is the producer's or the brokers' and worth a retry of the batch.
+fn refuses_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+    )
+}
+
+/// Waits for every pending delivery; a record refused for good joins `refused`, any other
+/// failure is the error.
+async fn land(
+    pending: &mut Vec<(usize, DeliveryFuture)>,
+    refused: &mut Refused,
+) -> Result<(), String> {
+    for (index, delivery) in pending.drain(..) {
         match delivery.await {
             Ok(Ok(_)) => {}
+            Ok(Err((KafkaError::MessageProduction(code), _))) if refuses_for_good(code) => {
+                refused.push((index, format!("kafka refused the record: {code}")));
+            }
             Ok(Err((error, _))) => return Err(error.to_string()),
             Err(_) => return Err("the producer went away".to_string()),
         }
@@ -134,9 +163,12 @@ pub async fn produce(
         if chunk.is_empty() {
             return Ok(delivered);
         }
-        RecordSink::write(&sink, &chunk, &context)
+        let refused = RecordSink::write(&sink, &chunk, &context)
             .await
             .map_err(|e| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        if let Some((_, reason)) = refused.first() {
+            anyhow::bail!("producing to {topic}: {reason}");
+        }
         delivered += chunk.len() as u64;
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mirador_actors::{CheckpointTracker, Origin, Position, Source, SourceEnd, StageError};
+use mirador_actors::{Position, Source, SourceBatch, SourceEnd, StageError};
 use mirador_proto::retry::Backoff;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -40,25 +40,22 @@ pub struct KafkaSource {
     partition: u32,
     batches: flume::Receiver<Polled>,
     stop: Arc<AtomicBool>,
-    tracker: Arc<CheckpointTracker>,
 }
 
 impl KafkaSource {
-    /// Starts the polling thread of `partition`, resuming after the tracker's checkpoint;
+    /// Starts the polling thread of `partition`, resuming at `resume` (the checkpoint);
     /// the partition's high watermark goes to `end` as the consumer learns it.
     pub fn start(
         spec: &KafkaSourceSpec,
         partition: u32,
         batch_records: usize,
-        tracker: Arc<CheckpointTracker>,
+        resume: Option<Position>,
         end: Arc<SourceEnd>,
     ) -> Result<Self, StageError> {
         let consumer: QuietConsumer = super::consumer_config(spec)
             .create_with_context(QuietContext)
             .map_err(|e| StageError::Fatal(format!("source.kafka: {e}")))?;
-        let start = tracker
-            .committed()
-            .map_or(Offset::Beginning, |p| Offset::Offset(p.offset as i64));
+        let start = resume.map_or(Offset::Beginning, |p| Offset::Offset(p.offset as i64));
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&spec.topic, partition as i32, start)
@@ -90,7 +87,6 @@ impl KafkaSource {
             partition,
             batches,
             stop,
-            tracker,
         })
     }
 }
@@ -108,7 +104,7 @@ impl Source for KafkaSource {
         "source"
     }
 
-    async fn next_batch(&mut self) -> Result<Option<Vec<RawRecord>>, StageError> {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch<RawRecord>>, StageError> {
         let polled = self
             .batches
             .recv_async()
@@ -123,24 +119,14 @@ impl Source for KafkaSource {
             partition: self.partition,
             offset: last as u64 + 1,
         };
-        let ack = self.tracker.open(messages.len(), end);
         let read_at = Instant::now();
-        Ok(Some(
-            messages
-                .into_iter()
-                .map(|(offset, payload)| RawRecord {
-                    origin: Origin {
-                        ack,
-                        position: Position {
-                            partition: self.partition,
-                            offset: offset as u64,
-                        },
-                        payload,
-                        read_at,
-                    },
-                })
-                .collect(),
-        ))
+        let items = messages
+            .into_iter()
+            .map(|(offset, payload)| {
+                RawRecord::read(self.partition, offset as u64, payload, read_at)
+            })
+            .collect();
+        Ok(Some(SourceBatch { items, end }))
     }
 }
 

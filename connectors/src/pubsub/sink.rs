@@ -8,7 +8,7 @@ use google_cloud_pubsub::model::Message;
 use mirador_actors::StageError;
 
 use super::PubsubSinkSpec;
-use crate::sinks::{EncodeContext, MessageRecord, RecordSink};
+use crate::sinks::{EncodeContext, MessageRecord, RecordSink, Refused};
 
 pub struct PubsubSink {
     publisher: Publisher,
@@ -68,7 +68,7 @@ impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for PubsubSink {
         &'a self,
         batch: &'a [T],
         context: &'a EncodeContext,
-    ) -> BoxFuture<'a, Result<(), StageError>> {
+    ) -> BoxFuture<'a, Result<Refused, StageError>> {
         Box::pin(async move {
             let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
             let pending: Vec<_> = batch
@@ -90,7 +90,8 @@ impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for PubsubSink {
                     message: e.to_string(),
                 })?;
             }
-            Ok(())
+            // Too large a message is cut to fit above, so Pub/Sub refuses none for good.
+            Ok(Refused::new())
         })
     }
 }

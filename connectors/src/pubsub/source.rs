@@ -2,13 +2,12 @@
 //! they reached the sink or the dead letter.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use mirador_actors::{CheckpointTracker, Origin, Position, Source, StageError};
+use mirador_actors::{Position, Source, SourceBatch, StageError};
 
 use super::PubsubSourceSpec;
 use crate::event::RawRecord;
@@ -33,7 +32,6 @@ pub struct PubsubSource {
     forwarder: tokio::task::JoinHandle<()>,
     batch_records: usize,
     stop_after_idle: Option<Duration>,
-    tracker: Arc<CheckpointTracker>,
     next: u64,
     /// Handlers of the batches in flight, with the position after each batch.
     unacked: VecDeque<(u64, Vec<Handler>)>,
@@ -45,7 +43,7 @@ impl PubsubSource {
         spec: &PubsubSourceSpec,
         lane: u32,
         batch_records: usize,
-        tracker: Arc<CheckpointTracker>,
+        resume: Option<Position>,
     ) -> Result<Self, StageError> {
         let connection = super::connection(spec.resolved_endpoint());
         let mut builder = Subscriber::builder();
@@ -79,23 +77,16 @@ impl PubsubSource {
             forwarder,
             batch_records,
             stop_after_idle: spec.stop_after_idle_ms.map(Duration::from_millis),
-            next: tracker.committed().map_or(0, |p| p.offset),
-            tracker,
+            next: resume.map_or(0, |p| p.offset),
             unacked: VecDeque::new(),
             last_message: Instant::now(),
         })
     }
 
-    /// Acknowledges the batches the checkpoint has passed.
-    fn ack_delivered(&mut self) {
-        let committed = self.tracker.committed().map_or(0, |p| p.offset);
-        while self
-            .unacked
-            .front()
-            .is_some_and(|(end, _)| *end <= committed)
-        {
-            let (_, handlers) = self.unacked.pop_front().expect("checked");
-            handlers.into_iter().for_each(Handler::ack);
+    fn position(&self, offset: u64) -> Position {
+        Position {
+            partition: self.lane,
+            offset,
         }
     }
 }
@@ -107,34 +98,46 @@ impl Source for PubsubSource {
         "source"
     }
 
-    async fn next_batch(&mut self) -> Result<Option<Vec<RawRecord>>, StageError> {
-        let mut messages = Vec::new();
-        // Wait for a first message, acknowledging delivered ones meanwhile.
-        loop {
-            self.ack_delivered();
-            match tokio::time::timeout(ACK_EVERY, self.messages.recv()).await {
-                Ok(Some(Ok(message))) => {
-                    messages.push(message);
-                    break;
-                }
-                Ok(Some(Err(error))) => {
-                    return Err(StageError::Unavailable {
-                        service: "pubsub",
-                        message: error,
-                    })
-                }
-                Ok(None) => return Err(StageError::internal("the pubsub stream closed")),
-                Err(_) => {
-                    let idle = self.last_message.elapsed();
-                    if self
-                        .stop_after_idle
-                        .is_some_and(|limit| idle >= limit && self.unacked.is_empty())
-                    {
-                        return Ok(None);
-                    }
-                }
-            }
+    /// Acknowledges the batches the checkpoint has passed.
+    fn on_checkpoint(&mut self, committed: Option<Position>) {
+        let committed = committed.map_or(0, |p| p.offset);
+        while self
+            .unacked
+            .front()
+            .is_some_and(|(end, _)| *end <= committed)
+        {
+            let (_, handlers) = self.unacked.pop_front().expect("checked");
+            handlers.into_iter().for_each(Handler::ack);
         }
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch<RawRecord>>, StageError> {
+        // Wait for a first message; without one, an empty batch after ACK_EVERY brings the
+        // checkpoint again, to acknowledge what was delivered meanwhile.
+        let first = match tokio::time::timeout(ACK_EVERY, self.messages.recv()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(error))) => {
+                return Err(StageError::Unavailable {
+                    service: "pubsub",
+                    message: error,
+                })
+            }
+            Ok(None) => return Err(StageError::internal("the pubsub stream closed")),
+            Err(_) => {
+                let idle = self.last_message.elapsed();
+                if self
+                    .stop_after_idle
+                    .is_some_and(|limit| idle >= limit && self.unacked.is_empty())
+                {
+                    return Ok(None);
+                }
+                return Ok(Some(SourceBatch {
+                    items: Vec::new(),
+                    end: self.position(self.next),
+                }));
+            }
+        };
+        let mut messages = vec![first];
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
         while messages.len() < self.batch_records {
             match tokio::time::timeout_at(deadline, self.messages.recv()).await {
@@ -146,32 +149,23 @@ impl Source for PubsubSource {
         let start = self.next;
         let end = start + messages.len() as u64;
         self.next = end;
-        let ack = self.tracker.open(
-            messages.len(),
-            Position {
-                partition: self.lane,
-                offset: end,
-            },
-        );
         let read_at = Instant::now();
         let mut handlers = Vec::with_capacity(messages.len());
-        let mut batch = Vec::with_capacity(messages.len());
+        let mut items = Vec::with_capacity(messages.len());
         for (i, (message, handler)) in messages.into_iter().enumerate() {
             handlers.push(handler);
-            batch.push(RawRecord {
-                origin: Origin {
-                    ack,
-                    position: Position {
-                        partition: self.lane,
-                        offset: start + i as u64,
-                    },
-                    payload: message.data,
-                    read_at,
-                },
-            });
+            items.push(RawRecord::read(
+                self.lane,
+                start + i as u64,
+                message.data,
+                read_at,
+            ));
         }
         self.unacked.push_back((end, handlers));
-        Ok(Some(batch))
+        Ok(Some(SourceBatch {
+            items,
+            end: self.position(end),
+        }))
     }
 }
 

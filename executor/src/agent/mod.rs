@@ -34,6 +34,7 @@ pub use reconcile::{reconcile, Action, Current, Desired, Key};
 use crate::infer::InferencePool;
 use crate::pipeline::PipelineResources;
 use crate::spec::PipelineSpec;
+use mirador_proto::sync::Locked;
 
 /// How an executor presents itself to the coordinators.
 #[derive(Clone, Debug)]
@@ -57,14 +58,14 @@ pub struct Lease {
 
 impl Lease {
     fn extend_to(&self, until: Instant) {
-        let mut valid_until = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut valid_until = self.valid_until.locked();
         if valid_until.is_none_or(|v| v < until) {
             *valid_until = Some(until);
         }
     }
 
     fn revoke(&self) {
-        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.valid_until.locked() = None;
     }
 }
 
@@ -477,20 +478,12 @@ impl ExecutorAgent {
         a: &PartitionAssignment,
     ) -> anyhow::Result<Arc<PipelineResources>> {
         let key = (a.pipeline.clone(), a.version);
-        if let Some(resources) = self
-            .resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(resources) = self.resources.locked().get(&key) {
             return Ok(resources.clone());
         }
         let spec = PipelineSpec::from_yaml(&a.spec)?;
         let resources = Arc::new(PipelineResources::build(spec, &self.pool).await?);
-        self.resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, resources.clone());
+        self.resources.locked().insert(key, resources.clone());
         Ok(resources)
     }
 
@@ -502,9 +495,6 @@ impl ExecutorAgent {
             .values()
             .map(|p| (p.id.pipeline.clone(), p.version))
             .collect();
-        self.resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|key, _| used.contains(key));
+        self.resources.locked().retain(|key, _| used.contains(key));
     }
 }

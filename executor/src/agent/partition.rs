@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::{CoordinatorError, Lease, Session};
 use crate::pipeline::{Counts, PartitionFactory, PipelineResources};
+use mirador_proto::sync::Locked;
 
 /// Checkpoints of one partition: loaded from the assignment, saved into a slot that the
 /// committer sends on. `save` never blocks the pipeline.
@@ -251,8 +252,7 @@ async fn commit_loop(
 impl Lease {
     pub fn is_valid(&self) -> bool {
         self.valid_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .is_some_and(|until| Instant::now() < until)
     }
 }

@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use super::model::{ModelError, Scorer, Scores, TorchModel};
 use super::scoring::{Scoring, ScoringUnavailable};
 use crate::spec::ModelSpec;
+use mirador_proto::sync::Locked;
 
 struct Request {
     rows: Vec<f32>,
@@ -290,7 +291,7 @@ impl InferencePool {
         spec: &ModelSpec,
         width: usize,
     ) -> Result<Arc<InferenceBatcher>, ModelError> {
-        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batchers = self.batchers.locked();
         let key = (
             spec.path.clone(),
             spec.version.clone(),

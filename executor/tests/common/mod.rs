@@ -3,33 +3,13 @@
 
 #[allow(unused_imports)]
 pub use mirador_cluster_tests::services;
-
-use std::path::PathBuf;
+use mirador_cluster_tests::spec::SpecYaml;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn demo_model() -> PathBuf {
-    repo().join("models/propensity-v1.pt")
-}
-
-pub fn demo_features() -> PathBuf {
-    repo().join("examples/features.csv")
-}
-
-pub const DEMO_FEATURES: [&str; 7] = [
-    "recency_days",
-    "frequency_30d",
-    "monetary_90d",
-    "engagement_score",
-    "email_opt_in",
-    "loyalty_tier",
-    "churn_risk",
-];
+#[allow(unused_imports)]
+pub use mirador_cluster_tests::spec::{demo_features, demo_model, repo, DEMO_FEATURES};
 
 pub fn feature_names() -> Vec<String> {
     DEMO_FEATURES.iter().map(|s| s.to_string()).collect()
@@ -44,35 +24,20 @@ pub fn spec_yaml(
     dead_letter: &str,
     checkpoints: &std::path::Path,
 ) -> String {
-    format!(
-        r#"
-name: {name}
-source:
-{source}
-enrichment:
-  table:
-    path: {features}
-  features: [{features_list}]
-model:
-  name: propensity
-  version: "1"
-  path: {model}
-  max_wait_ms: 2
-sink:
-{sink}
-dead_letter:
-{dead_letter}
-batching:
-  max_records: 64
-checkpoint:
-  dir: {checkpoints}
-  interval_ms: 20
-"#,
-        features = demo_features().display(),
-        features_list = DEMO_FEATURES.join(", "),
-        model = demo_model().display(),
-        checkpoints = checkpoints.display(),
-    )
+    let rest = format!(
+        "batching:\n  max_records: 64\ncheckpoint:\n  dir: {}\n  interval_ms: 20\n",
+        checkpoints.display()
+    );
+    SpecYaml {
+        name,
+        source,
+        model: "  max_wait_ms: 2",
+        sink,
+        dead_letter,
+        rest: &rest,
+        ..SpecYaml::default()
+    }
+    .yaml()
 }
 
 /// A supervisor for a stage tested alone: it reports what happened to its children.
