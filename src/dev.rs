@@ -21,8 +21,8 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
     );
     region.create(yaml).await?;
     let started = std::time::Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let requested = mirador_proto::shutdown::requested();
+    tokio::pin!(requested);
     // The end is looked for every 100 ms, so that the closing rate is close; progress is
     // printed every second.
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
@@ -30,7 +30,7 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
     let snapshots = loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = &mut ctrl_c => break region.agent.snapshots().await,
+            _ = &mut requested => break region.agent.snapshots().await,
         }
         let snapshots = region.agent.snapshots().await;
         if all_ended(&snapshots, partitions as usize) {

@@ -1,11 +1,12 @@
 //! `kill -9` of a running `mirador run`, then running it again: every input record ends in
 //! the sink or the dead letter, and only records after the last checkpoint are written
-//! twice.
+//! twice. And `kill -TERM`: the run drains as at Ctrl-C.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::{checkpoint, run, run_and_kill, write_spec, written, MIRADOR};
 
@@ -98,4 +99,62 @@ fn kill_9_then_restart_loses_nothing_and_duplicates_only_past_the_checkpoint() {
         expected.len(),
         duplicated.len()
     );
+}
+
+#[test]
+fn sigterm_drains_the_run_saves_its_checkpoint_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // An unbounded generator: only a signal ends the run.
+    let spec = write_spec(
+        dir,
+        "terminated",
+        "  generator:\n    partitions: 1\n    rate_per_sec: 5000",
+    );
+    let stderr = dir.join("stderr.txt");
+    let mut child = Command::new(MIRADOR)
+        .args(["run", "--pipeline"])
+        .arg(&spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(dir, "terminated", 0).is_none_or(|offset| offset <= 1000) {
+        assert!(Instant::now() < deadline, "no checkpoint was written");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended by itself"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "a drained run exits 0: {said}");
+    assert!(said.contains("pipeline terminated"), "the summary: {said}");
+
+    // Everything read was delivered, and the checkpoint stands right after it.
+    let saved = checkpoint(dir, "terminated", 0).unwrap();
+    let written = written(dir);
+    assert!(written.values().all(|n| *n == 1), "no duplicates");
+    assert_eq!(
+        written.len() as u64,
+        saved,
+        "the checkpoint covers every record written, and no more"
+    );
+    assert!(written.keys().all(|(_, offset)| *offset < saved));
 }

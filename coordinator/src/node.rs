@@ -181,7 +181,7 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
     })
 }
 
-/// Runs a coordinator node until Ctrl-C, checking pipelines with `validator`.
+/// Runs a coordinator node until SIGINT or SIGTERM, checking pipelines with `validator`.
 pub async fn run(args: CoordinatorArgs, validator: SpecValidator) -> anyhow::Result<()> {
     let config = coordinator_config(args)?;
     eprintln!(
@@ -192,7 +192,7 @@ pub async fn run(args: CoordinatorArgs, validator: SpecValidator) -> anyhow::Res
         config.data_dir.display()
     );
     let coordinator = Coordinator::start(config, Arc::new(validator)).await?;
-    tokio::signal::ctrl_c().await?;
+    mirador_proto::shutdown::requested().await;
     coordinator.shutdown().await;
     Ok(())
 }

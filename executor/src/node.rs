@@ -86,10 +86,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         config.executor_id, config.slots, config.gpu, config.coordinators
     );
     let agent = Arc::new(ExecutorAgent::new(config, InferencePool::default()));
-    agent
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    // On SIGINT or SIGTERM the agent stops its partitions at a checkpoint and releases them.
+    agent.run(mirador_proto::shutdown::requested()).await;
     Ok(())
 }

@@ -10,8 +10,14 @@ use mirador_actors::{
 };
 use serde::Serialize;
 
+use mirador_proto::shutdown;
+
 use crate::checkpoint_store::FileCheckpointStore;
 use crate::pipeline::{Counts, PartitionFactory, PipelineResources, StageId};
+
+/// How long a run drains after SIGINT or SIGTERM before it gives up and exits non-zero:
+/// below the 30 s that Docker and Kubernetes wait before they kill.
+const DRAIN_GRACE: Duration = Duration::from_secs(25);
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -224,21 +230,27 @@ impl PipelineRun {
     pub async fn wait(self, options: &RunOptions) -> RunReport {
         let mut last = (Instant::now(), 0);
         let mut ticker = tokio::time::interval(Duration::from_millis(10));
-        let mut interrupted = false;
+        let mut requested = std::pin::pin!(shutdown::requested());
+        // Set at SIGINT or SIGTERM: the end of the grace period for the drain.
+        let mut drain_until: Option<Instant> = None;
         while !self.is_finished() {
+            if drain_until.is_some_and(|until| Instant::now() >= until) {
+                break;
+            }
             tokio::select! {
                 _ = ticker.tick() => {
                     if options.progress.is_some_and(|every| last.0.elapsed() >= every) {
                         eprintln!("{}", self.progress_line(&mut last));
                     }
                 }
-                _ = tokio::signal::ctrl_c(), if !interrupted => {
+                _ = &mut requested, if drain_until.is_none() => {
                     eprintln!("interrupted: draining what is in flight");
-                    interrupted = true;
+                    drain_until = Some(Instant::now() + DRAIN_GRACE);
                     self.stop();
                 }
             }
         }
+        let drained = self.is_finished();
         let elapsed = self.started.elapsed();
         let snapshots = self.snapshots();
         let Counts {
@@ -256,11 +268,19 @@ impl PipelineRun {
             .sum();
         let generation_restarts = snapshots.iter().map(|s| s.generation_restarts).sum();
         let mut failures = Vec::new();
-        for handle in self.handles {
-            let partition = handle.snapshot().partition;
-            if let ExitStatus::Failed(reason) = handle.wait().await {
-                failures.push(format!("partition {partition}: {reason}"));
+        if drained {
+            for handle in self.handles {
+                let partition = handle.snapshot().partition;
+                if let ExitStatus::Failed(reason) = handle.wait().await {
+                    failures.push(format!("partition {partition}: {reason}"));
+                }
             }
+        } else {
+            failures.push(format!(
+                "the drain did not end within {} s: what was in flight is read again by the \
+                 next run",
+                DRAIN_GRACE.as_secs()
+            ));
         }
         let (p50, p99, max, _) = self.resources.latency.percentiles();
         RunReport {

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod leader;
 pub mod retry;
+pub mod shutdown;
 pub mod sync;
 pub mod transport;
 
