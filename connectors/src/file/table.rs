@@ -48,18 +48,14 @@ impl CsvFeatureTable {
             let values = indexes
                 .iter()
                 .map(|&i| {
-                    row.cells[i]
-                        .parse::<f32>()
-                        .ok()
-                        .filter(|v| v.is_finite())
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "line {}: {} = {:?} is not a number",
-                                row.line,
-                                columns[i],
-                                row.cells[i]
-                            )
-                        })
+                    feature_value(&row.cells[i]).map_err(|wrong| {
+                        anyhow::anyhow!(
+                            "line {}: {} = {:?} {wrong}",
+                            row.line,
+                            columns[i],
+                            row.cells[i]
+                        )
+                    })
                 })
                 .collect::<anyhow::Result<Vec<f32>>>()?;
             let id = row
@@ -169,6 +165,18 @@ impl<T: FeatureLookup> FeatureLookup for Arc<T> {
     }
 }
 
+/// A cell as a feature: a finite number that fits in an `f32`, or what is wrong with it.
+fn feature_value(cell: &str) -> Result<f32, &'static str> {
+    let wide: f64 = cell.trim().parse().map_err(|_| "is not a number")?;
+    if !wide.is_finite() {
+        return Err("is not a finite number");
+    }
+    if wide.abs() > f64::from(f32::MAX) {
+        return Err("is out of range: a feature is a 32-bit float, at most 3.4e38 either way");
+    }
+    Ok(wide as f32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +208,28 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_cell_out_of_f32_range_says_so() {
+        let error = |cell: &str| {
+            CsvFeatureTable::parse(&format!("id,a\nc1,{cell}\n"), &names(&["a"]))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            error("1e39"),
+            "line 2: a = \"1e39\" is out of range: a feature is a 32-bit float, at most 3.4e38 \
+             either way"
+        );
+        assert!(error("-1e39").contains("out of range"));
+        assert!(error("inf").contains("is not a finite number"));
+        assert!(error("NaN").contains("is not a finite number"));
+        assert!(error("x").ends_with("is not a number"));
+        let table = CsvFeatureTable::parse("id,a\nc1,3.4e38\nc2,-2.5\n", &names(&["a"])).unwrap();
+        assert_eq!(&*table.get("c1").unwrap(), &[3.4e38]);
+        assert_eq!(&*table.get("c2").unwrap(), &[-2.5]);
     }
 
     #[test]
