@@ -509,17 +509,39 @@ impl PipelineSpec {
         self.model.validate()?;
         self.sink.validate("sink")?;
         self.dead_letter.validate("dead_letter")?;
-        if let (Some(a), Some(b)) = (self.sink.file(), self.dead_letter.file()) {
-            if a.path == b.path {
+        self.check_distinct_files()?;
+        self.batching.validate()?;
+        self.checkpoint.validate()
+    }
+
+    /// The sink, the dead letter and a file source are three different files: a sink that
+    /// writes into its own input would read its output again. Paths are compared as written,
+    /// less their `.` parts (`./out/x` is `out/x`); links are not followed (no I/O here).
+    fn check_distinct_files(&self) -> Result<(), FieldError> {
+        let sink = self.sink.file().map(|f| plain(&f.path));
+        let dead = self.dead_letter.file().map(|f| plain(&f.path));
+        if let (Some(a), Some(b)) = (&sink, &dead) {
+            if a == b {
                 return Err(FieldError::value(
                     "dead_letter.file.path",
-                    &b.path,
+                    b,
                     "must differ from sink.file.path",
                 ));
             }
         }
-        self.batching.validate()?;
-        self.checkpoint.validate()
+        if let SourceSpec::File(source) = &self.source {
+            let input = plain(&source.path);
+            for (field, path) in [("sink.file.path", &sink), ("dead_letter.file.path", &dead)] {
+                if path.as_ref() == Some(&input) {
+                    return Err(FieldError::value(
+                        field,
+                        &input,
+                        "must differ from source.file.path: it would append to its own input",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Partitions known from the spec alone; a Kafka topic's come from its brokers.
@@ -786,6 +808,13 @@ impl CheckpointSpec {
     }
 }
 
+/// `path` less its `.` components.
+fn plain(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
 fn in_range<T: PartialOrd + fmt::Debug + fmt::Display>(
     field: &str,
     value: T,
@@ -949,6 +978,28 @@ dead_letter:
             "  bigtable:\n    project: test-project\n    instance: i1\n    table: ''",
         ));
         assert_eq!(e.field, "sink.bigtable.table");
+    }
+
+    #[test]
+    fn the_sink_the_dead_letter_and_the_input_are_different_files() {
+        let files = |source: &str, sink: &str, dead: &str| {
+            SPEC.replace(
+                "  generator:\n    events: 10",
+                &format!("  file:\n    path: {source}"),
+            )
+            .replace("  null: {}", &format!("  file:\n    path: {sink}"))
+            .replace("    path: dead.jsonl", &format!("    path: {dead}"))
+        };
+        let e = error(&files("in.jsonl", "./out/scored.jsonl", "out/scored.jsonl"));
+        assert_eq!(e.field, "dead_letter.file.path");
+        assert!(e.message.contains("must differ from sink.file.path"), "{e}");
+        let e = error(&files("./in.jsonl", "in.jsonl", "dead.jsonl"));
+        assert_eq!(e.field, "sink.file.path");
+        assert!(e.message.contains("its own input"), "{e}");
+        let e = error(&files("data/in.jsonl", "out.jsonl", "./data/./in.jsonl"));
+        assert_eq!(e.field, "dead_letter.file.path");
+        PipelineSpec::from_yaml(&files("in.jsonl", "out/scored.jsonl", "out/dead.jsonl"))
+            .expect("three different files");
     }
 
     #[test]
