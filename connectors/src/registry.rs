@@ -177,7 +177,12 @@ pub async fn lookup(spec: &PipelineSpec) -> anyhow::Result<Arc<dyn FeatureLookup
 }
 
 /// A target that takes any record with a JSON line and a message form: every kind but
-/// Bigtable, which only takes scored records.
+/// Bigtable, which only takes scored records. `source` names the pipeline's source in the
+/// attributes of broker messages.
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "pubsub")),
+    allow(unused_variables)
+)]
 async fn record_sink<T>(
     target: &SinkTarget,
     field: &str,
@@ -186,7 +191,6 @@ async fn record_sink<T>(
 where
     T: JsonLine + MessageRecord + Send + Sync + 'static,
 {
-    let _ = source;
     Ok(match target {
         SinkTarget::File(file) => Arc::new(JsonlTarget::File(Arc::new(std::sync::Mutex::new(
             JsonlFile::open(&file.path)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mirador_actors::{CheckpointTracker, Origin, Output, Position, Stage};
+use mirador_actors::{CheckpointTracker, Output, Position, SourceBatch, Stage};
 use serde::Serialize;
 
 use mirador_executor::connectors::generator::EventFactory;
@@ -267,29 +267,20 @@ fn make_batches(
         .collect::<Vec<_>>()
         .chunks(batch)
         .map(|seqs| {
-            let ack = tracker.open(
-                seqs.len(),
-                Position {
-                    partition: 0,
-                    offset: seqs[seqs.len() - 1] as u64 + 1,
-                },
-            );
-            seqs.iter()
+            let items = seqs
+                .iter()
                 .map(|&seq| {
                     factory.payload(seq as u64, now_ms, &mut buf);
-                    RawRecord {
-                        origin: Origin {
-                            ack,
-                            position: Position {
-                                partition: 0,
-                                offset: seq as u64,
-                            },
-                            payload: Bytes::copy_from_slice(&buf),
-                            read_at: Instant::now(),
-                        },
-                    }
+                    let payload = Bytes::copy_from_slice(&buf);
+                    RawRecord::read(0, seq as u64, payload, Instant::now())
                 })
-                .collect()
+                .collect();
+            let end = Position {
+                partition: 0,
+                offset: seqs[seqs.len() - 1] as u64 + 1,
+            };
+            // As a source runner opens what its source read.
+            SourceBatch { items, end }.open(&tracker)
         })
         .collect()
 }
