@@ -20,6 +20,7 @@ pub enum AdminCommand {
     Status,
     /// Add a coordinator as a learner (it copies the log, does not vote yet).
     AddLearner {
+        /// Raft id of the new coordinator (unused in the group).
         #[arg(long)]
         node_id: u64,
         /// host:port of its gRPC endpoint.
@@ -28,11 +29,13 @@ pub enum AdminCommand {
     },
     /// Make a learner a voter.
     Promote {
+        /// Raft id of a learner that has caught up with the leader's log.
         #[arg(long)]
         node_id: u64,
     },
     /// Remove a voter or a learner from the group.
     RemoveMember {
+        /// Raft id of the member.
         #[arg(long)]
         node_id: u64,
     },
@@ -40,6 +43,7 @@ pub enum AdminCommand {
     Nodes,
     /// Move every partition off an executor, and give it nothing new.
     Drain {
+        /// Id of the executor, as `mirador admin nodes` shows it.
         executor_id: String,
         /// Take it back into service instead.
         #[arg(long)]
@@ -47,23 +51,32 @@ pub enum AdminCommand {
     },
     /// Create a pipeline from a spec file.
     Create {
+        /// The pipeline spec, YAML (docs/pipeline-spec.md).
         spec: PathBuf,
     },
     /// Replace a pipeline's spec (its name is in the file).
     Update {
+        /// The new spec, YAML; its `name` picks the pipeline.
         spec: PathBuf,
     },
+    /// Stop reading a pipeline's partitions, keeping their checkpoints and slots.
     Pause {
+        /// The pipeline's name.
         name: String,
     },
+    /// Start a paused pipeline's partitions again from their checkpoints.
     Resume {
+        /// The pipeline's name.
         name: String,
     },
+    /// Stop a pipeline and forget it, with its checkpoints.
     Delete {
+        /// The pipeline's name.
         name: String,
     },
     /// A pipeline's partitions: owner, epoch, checkpoint, rate, lag, dead letters.
     Describe {
+        /// The pipeline's name.
         name: String,
     },
     /// Every pipeline.
@@ -177,6 +190,9 @@ pub async fn run(
                 json,
                 Value::Array(pipelines.iter().map(pipeline_json).collect()),
                 || {
+                    if pipelines.is_empty() {
+                        return "no pipelines (mirador admin create SPEC adds one)".to_string();
+                    }
                     pipelines
                         .iter()
                         .map(render_pipeline)
@@ -313,7 +329,7 @@ fn pipeline_json(p: &PipelineInfo) -> Value {
             "moving_to": a.moving_to, "checkpoint": a.checkpoint, "lag": a.lag,
             "events_per_sec": a.events_per_sec, "records_in": a.records_in,
             "dead_lettered": a.dead_lettered, "restarts": a.restarts, "failed": a.failed,
-            "last_move_pause_ms": a.last_move_pause_ms,
+            "last_move_pause_ms": a.last_move_pause_ms, "state": a.state,
         })).collect::<Vec<_>>(),
     })
 }
@@ -336,6 +352,7 @@ fn render_pipeline(p: &PipelineInfo) -> String {
     out += &table(
         &[
             "PARTITION",
+            "STATE",
             "OWNER",
             "EPOCH",
             "CHECKPOINT",
@@ -356,6 +373,7 @@ fn render_pipeline(p: &PipelineInfo) -> String {
                 };
                 vec![
                     a.partition.to_string(),
+                    a.state.clone(),
                     owner,
                     a.epoch.to_string(),
                     a.checkpoint.map_or("-".into(), |c| c.to_string()),

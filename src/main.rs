@@ -47,6 +47,7 @@ enum Command {
     /// not link libtorch (`mirador coordinator --help` for its settings).
     #[command(disable_help_flag = true)]
     Coordinator {
+        /// The coordinator's own flags (`mirador coordinator --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
@@ -54,8 +55,10 @@ enum Command {
     Executor(mirador_executor::node::ExecutorArgs),
     /// The benchmark pipeline run directly and through a one-node region in this process.
     BenchCluster {
+        /// Events of each run, all partitions together.
         #[arg(long, default_value_t = 6_000_000)]
         events: u64,
+        /// Generator partitions.
         #[arg(long, default_value_t = 2)]
         partitions: u32,
     },
@@ -80,6 +83,7 @@ enum Command {
     BigtableLoad(BigtableLoadArgs),
     /// Check a pipeline spec without running it.
     Check {
+        /// The pipeline spec, YAML.
         #[arg(long)]
         pipeline: PathBuf,
     },
@@ -113,6 +117,7 @@ struct DevArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// The pipeline spec, YAML (docs/pipeline-spec.md).
     #[arg(long)]
     pipeline: PathBuf,
     /// No progress lines.
@@ -125,12 +130,16 @@ struct RunArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
+    /// How many events.
     #[arg(long)]
     events: u64,
+    /// Share of poison records, 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     poison_ratio: f64,
+    /// Distinct customer ids, drawn with a Zipf skew.
     #[arg(long, default_value_t = 12_000)]
     customers: u64,
+    /// Seed of the generator: one seed, one sequence.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Produce to this Kafka topic instead of writing to stdout.
@@ -153,6 +162,7 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct BenchConnectorsArgs {
+    /// host:port of the Kafka brokers.
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     /// host:port of the Bigtable emulator with the `features` table loaded.
@@ -161,8 +171,10 @@ struct BenchConnectorsArgs {
     /// http://host:port of the Pub/Sub emulator; none: no Pub/Sub figures.
     #[arg(long)]
     pubsub: Option<String>,
+    /// Events of each measurement.
     #[arg(long, default_value_t = 200_000)]
     events: u64,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -172,12 +184,16 @@ struct BigtableLoadArgs {
     /// host:port of the emulator.
     #[arg(long, default_value = "127.0.0.1:8086")]
     endpoint: String,
+    /// The Google Cloud project.
     #[arg(long, default_value = "test-project")]
     project: String,
+    /// The Bigtable instance.
     #[arg(long, default_value = "test-instance")]
     instance: String,
+    /// The table to create and load.
     #[arg(long, default_value = "features")]
     table: String,
+    /// The column family of the features.
     #[arg(long, default_value = "f")]
     family: String,
     /// The CSV to load (customer id first); none: only create the table.
@@ -212,7 +228,11 @@ fn exec_coordinator(args: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let error = std::process::Command::new(&binary).args(args).exec();
+    // Named as it was called: its help and errors say `mirador coordinator`.
+    let error = std::process::Command::new(&binary)
+        .arg0("mirador coordinator")
+        .args(args)
+        .exec();
     eprintln!(
         "error: cannot run {}: {error} (it is built with `cargo build --bin mirador-coordinator`)",
         binary.display()
@@ -323,6 +343,11 @@ async fn run_spec(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if !quiet {
         eprint!("{}", report.render());
+    } else {
+        // Quiet is no progress and no summary, never a silent failure.
+        for failure in &report.failures {
+            eprintln!("error: {failure}");
+        }
     }
     Ok(exit_code(report.succeeded()))
 }
@@ -478,4 +503,19 @@ fn print_report<R: serde::Serialize>(
         print!("{}", render(report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+#[path = "help_check.rs"]
+mod help_check;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_subcommand_has_help_text() {
+        let missing = super::help_check::undocumented(&super::Cli::command());
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
 }

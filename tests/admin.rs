@@ -80,6 +80,30 @@ fn coordinators_join_and_leave_the_group_through_the_admin_api() {
     assert_eq!(voters.len(), 3, "{voters:?}");
     assert!(voters.values().all(|r| r == "leader" || r == "voter"));
 
+    // A learner that never caught up (nobody listens at its address) stays a learner.
+    region
+        .admin(&["add-learner", "--node-id", "9", "--address", "127.0.0.1:1"])
+        .unwrap();
+    let error = region.admin(&["promote", "--node-id", "9"]).unwrap_err();
+    assert!(
+        error.contains("node_id") && error.contains("learner 9 is") && error.contains("behind"),
+        "{error}"
+    );
+    assert_eq!(
+        roles(&region).unwrap().get(&9).map(String::as_str),
+        Some("learner")
+    );
+    region.admin(&["remove-member", "--node-id", "9"]).unwrap();
+    // A voter's address is not changed by adding it again.
+    let error = region
+        .admin(&["add-learner", "--node-id", "2", "--address", "127.0.0.1:2"])
+        .unwrap_err();
+    assert!(
+        error.contains("node_id") && error.contains("already a voter"),
+        "{error}"
+    );
+    assert_eq!(roles(&region).unwrap(), voters, "refusals changed nothing");
+
     // A pipeline committed now must survive the founder: the joined nodes hold the log.
     let spec = region.dir.path().join("pipeline.yaml");
     std::fs::write(&spec, generator_spec(&region, "survivor", 1, 100, None)).unwrap();
@@ -258,4 +282,112 @@ fn describe_reports_a_kafka_partitions_lag_while_its_pipeline_waits() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The `state` of each partition of `name`.
+fn states(region: &Region, name: &str) -> Option<Vec<String>> {
+    let info = region.admin(&["describe", name]).ok()?;
+    info["assignments"]
+        .as_array()?
+        .iter()
+        .map(|a| a["state"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn a_finished_partition_gives_its_slot_back_and_a_waiting_one_says_why() {
+    let binary = mirador();
+    let mut region = Region::start(std::path::Path::new(&binary), 1);
+    region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    region.add_executor("e1", 1);
+    let create = |region: &Region, name: &str, yaml: String| {
+        let spec = region.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&spec, yaml).unwrap();
+        region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+    };
+
+    // A bounded pipeline runs to its end and frees the only slot.
+    create(
+        &region,
+        "bounded",
+        generator_spec(&region, "bounded", 1, 2000, None),
+    );
+    region.wait_for("bounded finished", Duration::from_secs(60), || {
+        (states(&region, "bounded")? == ["finished"]).then_some(())
+    });
+    let info = region.admin(&["describe", "bounded"]).unwrap();
+    assert_eq!(info["assignments"][0]["owner"], "", "no owner: {info}");
+    assert_eq!(info["assignments"][0]["checkpoint"], 2000, "{info}");
+    // Creating the same spec again (a retry) changes nothing; another spec is refused.
+    let bounded = region.dir.path().join("bounded.yaml");
+    let again = region
+        .admin(&["create", bounded.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(again["version"], 1, "{again}");
+    assert_eq!(again["assignments"][0]["state"], "finished", "{again}");
+    let other = region.dir.path().join("other.yaml");
+    std::fs::write(&other, generator_spec(&region, "bounded", 1, 3000, None)).unwrap();
+    let error = region
+        .admin(&["create", other.to_str().unwrap()])
+        .unwrap_err();
+    assert!(error.contains("exists"), "{error}");
+
+    // So the next pipeline runs; it never ends and keeps the slot.
+    let unbounded =
+        generator_spec(&region, "unbounded", 1, 0, Some(100)).replace("    events: 0\n", "");
+    create(&region, "unbounded", unbounded);
+    region.wait_for("unbounded running", Duration::from_secs(30), || {
+        (states(&region, "unbounded")? == ["running"]).then_some(())
+    });
+
+    // A third has no slot to go to, and says so.
+    create(
+        &region,
+        "waiting",
+        generator_spec(&region, "waiting", 2, 100, None),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let waiting = states(&region, "waiting").unwrap();
+    assert!(
+        waiting
+            .iter()
+            .all(|s| s.starts_with("waiting: no free slot")),
+        "{waiting:?}"
+    );
+    let text = std::process::Command::new(&binary)
+        .args([
+            "admin",
+            "--coordinators",
+            &region.coordinator_list(),
+            "describe",
+            "waiting",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("STATE") && text.contains("no free slot"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_empty_region_lists_no_pipelines_in_words() {
+    let binary = mirador();
+    let region = Region::start(std::path::Path::new(&binary), 1);
+    region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    let out = std::process::Command::new(&binary)
+        .args([
+            "admin",
+            "--coordinators",
+            &region.coordinator_list(),
+            "pipelines",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no pipelines"),
+        "{out:?}"
+    );
 }

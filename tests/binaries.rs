@@ -53,7 +53,11 @@ fn mirador_coordinator_runs_the_coordinator_binary() {
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(help.status.success(), "{help:?}");
     assert!(
-        text.contains("Usage: mirador-coordinator") && text.contains("--join"),
+        text.contains("Usage: mirador coordinator ") && text.contains("--join"),
+        "its help names the command as it was typed: {text}"
+    );
+    assert!(
+        text.contains("Where this node keeps its Raft log"),
         "{text}"
     );
     // A bad setting is named, by the coordinator binary itself.

@@ -22,6 +22,7 @@ pub use dead_letter::{DeadLetter, ReasonCode};
 pub use link::{link, LinkReceiver, LinkSender};
 pub use pipeline::{
     Generation, GenerationFactory, PipelineArgs, PipelineHandle, PipelineSnapshot, RestartPolicy,
+    StartError,
 };
 pub use record::{Origin, Position, SourceRecord, Traced};
 pub use runner::{SourceRunner, StageRunner, StageSlot};

@@ -123,9 +123,33 @@ pub struct PipelineHandle {
     observable: Arc<Mutex<Observable>>,
 }
 
+/// Why a partition pipeline did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read its checkpoint: {0}")]
+    Checkpoint(std::io::Error),
+    /// Its first generation could not be built (a source that cannot open, ...).
+    #[error("{0}")]
+    Build(String),
+}
+
+impl From<SpawnErr> for StartError {
+    fn from(error: SpawnErr) -> Self {
+        match error {
+            // The error returned by `pre_start`, without ractor's words around it.
+            SpawnErr::StartupFailed(inner) => StartError::Build(inner.to_string()),
+            other => StartError::Build(other.to_string()),
+        }
+    }
+}
+
 impl PipelineHandle {
-    pub async fn spawn(args: PipelineArgs) -> Result<Self, SpawnErr> {
+    pub async fn spawn(args: PipelineArgs) -> Result<Self, StartError> {
         let (name, partition) = (args.name.clone(), args.partition);
+        let committed = args
+            .store
+            .load(args.partition)
+            .map_err(StartError::Checkpoint)?;
         let observable = Arc::new(Mutex::new(Observable {
             stages: Vec::new(),
             tracker: Arc::new(CheckpointTracker::new(None)),
@@ -133,8 +157,12 @@ impl PipelineHandle {
             generation_restarts: 0,
             exit: ExitStatus::Running,
         }));
-        let (actor, join) =
-            Actor::spawn(None, PartitionPipeline, (args, observable.clone())).await?;
+        let (actor, join) = Actor::spawn(
+            None,
+            PartitionPipeline,
+            (args, committed, observable.clone()),
+        )
+        .await?;
         Ok(PipelineHandle {
             name,
             partition,
@@ -203,14 +231,13 @@ pub(crate) struct PipelineState {
 impl Actor for PartitionPipeline {
     type Msg = PipelineMsg;
     type State = PipelineState;
-    type Arguments = (PipelineArgs, Arc<Mutex<Observable>>);
+    type Arguments = (PipelineArgs, Option<Position>, Arc<Mutex<Observable>>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<PipelineMsg>,
-        (args, observable): Self::Arguments,
+        (args, committed, observable): Self::Arguments,
     ) -> Result<PipelineState, ActorProcessingErr> {
-        let committed = args.store.load(args.partition)?;
         let mut state = PipelineState {
             tracker: Arc::new(CheckpointTracker::new(committed)),
             saved: committed,
@@ -245,7 +272,9 @@ impl Actor for PartitionPipeline {
         state: &mut PipelineState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PipelineMsg::Tick => state.save_checkpoint(),
+            PipelineMsg::Tick => {
+                let _ = state.save_checkpoint();
+            }
             PipelineMsg::RestartStage { generation, index } if generation == state.generation => {
                 let slot = &state.slots[index];
                 slot.stats()
@@ -263,7 +292,7 @@ impl Actor for PartitionPipeline {
             }
             PipelineMsg::RestartGeneration { generation } if generation == state.generation => {
                 state.kill_generation().await;
-                state.save_checkpoint();
+                let _ = state.save_checkpoint();
                 state.tracker = Arc::new(CheckpointTracker::new(state.saved));
                 state.observable.locked().generation_restarts += 1;
                 if let Err(error) = state.start_generation(&myself).await {
@@ -365,16 +394,33 @@ impl PipelineState {
         self.slots.clear();
     }
 
-    fn save_checkpoint(&mut self) {
+    /// Saves the committed position if it moved. A failure is logged and tried again at the
+    /// next save; it is returned for the last save, which has no next one.
+    fn save_checkpoint(&mut self) -> Result<(), String> {
         let committed = self.tracker.committed();
         if committed == self.saved {
-            return;
+            return Ok(());
         }
-        if let Some(position) = committed {
-            match self.args.store.save(position) {
-                Ok(()) => self.saved = committed,
-                Err(error) => tracing::warn!(pipeline = %self.args.name, %error,
-                    "cannot save checkpoint, will retry"),
+        let Some(position) = committed else {
+            return Ok(());
+        };
+        match self.args.store.save(position) {
+            Ok(()) => {
+                self.saved = committed;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(pipeline = %self.args.name, %error,
+                    "cannot save checkpoint, will retry");
+                Err(format!(
+                    "cannot save the checkpoint at offset {}: {error}; the next run resumes \
+                     from {}",
+                    position.offset,
+                    self.saved.map_or("the beginning".to_string(), |p| format!(
+                        "offset {}",
+                        p.offset
+                    ))
+                ))
             }
         }
     }
@@ -417,18 +463,17 @@ impl PipelineState {
     fn fail(&mut self, myself: &ActorRef<PipelineMsg>, reason: String) {
         tracing::error!(pipeline = %self.args.name, partition = self.args.partition,
             %reason, "partition pipeline failed");
-        self.save_checkpoint();
+        let _ = self.save_checkpoint();
         self.observable.locked().exit = ExitStatus::Failed(reason.clone());
         myself.stop(Some(reason));
     }
 
     fn finish_if_done(&mut self, myself: &ActorRef<PipelineMsg>) {
         if self.finished.iter().all(|done| *done) && !self.finished.is_empty() {
-            self.save_checkpoint();
-            self.observable.locked().exit = if self.stopping {
-                ExitStatus::Stopped
-            } else {
-                ExitStatus::Success
+            self.observable.locked().exit = match self.save_checkpoint() {
+                Err(error) => ExitStatus::Failed(error),
+                Ok(()) if self.stopping => ExitStatus::Stopped,
+                Ok(()) => ExitStatus::Success,
             };
             myself.stop(Some("finished".to_string()));
         }

@@ -61,6 +61,32 @@ impl Node {
         self.child.is_some()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`...) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running node");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {}", self.name);
+    }
+
+    /// Waits at most `limit` for it to exit by itself; its exit status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its whole log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

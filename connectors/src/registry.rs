@@ -3,6 +3,7 @@
 //! means a folder of its own and one arm in each of the matches below that concern it.
 //! A connector compiled out (its cargo feature off) is refused by name.
 
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use mirador_actors::{
@@ -98,7 +99,64 @@ pub fn check_source(spec: &PipelineSpec) -> anyhow::Result<()> {
             file.path.display()
         );
     }
+    check_distinct_files(spec)
+}
+
+/// The spec compared its file paths as written; here they are compared as the file
+/// system resolves them (links, `..`), so that no sink writes into another's file or into
+/// the input through another name.
+fn check_distinct_files(spec: &PipelineSpec) -> anyhow::Result<()> {
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
+    if let SourceSpec::File(file) = &spec.source {
+        files.push(("source.file.path", resolved(&file.path)));
+    }
+    if let Some(file) = spec.sink.file() {
+        files.push(("sink.file.path", resolved(&file.path)));
+    }
+    if let Some(file) = spec.dead_letter.file() {
+        files.push(("dead_letter.file.path", resolved(&file.path)));
+    }
+    for (i, (field, path)) in files.iter().enumerate() {
+        if let Some((other, _)) = files[..i].iter().find(|(_, p)| p == path) {
+            anyhow::bail!("{field}: {} is the same file as {other}", path.display());
+        }
+    }
     Ok(())
+}
+
+/// `path` with its links and `..` resolved: the part that exists by the file system, the
+/// rest (a sink file and folders not made yet, which cannot be links) by its names.
+fn resolved(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    let base = loop {
+        let probe = if existing.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            existing
+        };
+        if let Ok(base) = probe.canonicalize() {
+            break base;
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                existing = parent;
+            }
+            _ => break existing.to_path_buf(),
+        }
+    };
+    let mut out = base;
+    for part in rest.into_iter().rev() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The source of one partition, running into `output`; it resumes at the tracker's
@@ -115,7 +173,7 @@ pub async fn source(
     let resume = tracker.committed();
     Ok(match &spec.source {
         SourceSpec::File(file) => Box::new(SourceRunner::new(
-            FileSource::open(&file.path, batch, max_payload, resume)?,
+            FileSource::open(&file.path, batch, max_payload, file.complete, resume)?,
             output,
             stats,
             tracker,
@@ -242,4 +300,57 @@ pub async fn dead_letter_sinks(
         sinks.push(record_sink(target, "dead_letter", source).await?);
     }
     Ok(sinks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(source: &Path, sink: &Path, dead: &Path) -> PipelineSpec {
+        PipelineSpec::from_yaml(&format!(
+            "name: t\nsource:\n  file:\n    path: {}\nenrichment:\n  table:\n    path: f.csv\n  \
+             features: [a]\nmodel:\n  name: m\n  version: \"1\"\n  path: m.pt\nsink:\n  file:\n    \
+             path: {}\ndead_letter:\n  file:\n    path: {}\n",
+            source.display(),
+            sink.display(),
+            dead.display()
+        ))
+        .expect("the paths differ as written")
+    }
+
+    #[test]
+    fn files_that_are_one_through_a_link_or_dot_dot_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let input = dir.join("in.jsonl");
+        std::fs::write(&input, "{}\n").unwrap();
+        std::fs::create_dir(dir.join("data")).unwrap();
+        let link = dir.join("data/link.jsonl");
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+
+        let error = check_source(&spec(&input, &link, &dir.join("dead.jsonl")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("sink.file.path:") && error.contains("same file as source"),
+            "{error}"
+        );
+        let error = check_source(&spec(
+            &input,
+            &dir.join("out/scored.jsonl"),
+            &dir.join("data/../out/new/../scored.jsonl"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("dead_letter.file.path:") && error.contains("sink.file.path"),
+            "{error}"
+        );
+        check_source(&spec(
+            &input,
+            &dir.join("out/scored.jsonl"),
+            &dir.join("out/dead.jsonl"),
+        ))
+        .expect("different files");
+    }
 }

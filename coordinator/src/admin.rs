@@ -45,6 +45,13 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     crate::status::invalid(&FieldError::new(field, message.to_string()))
 }
 
+/// Entries a learner may still lack when it is made a voter: it catches up within a few
+/// heartbeats. One that lags more (or cannot be reached at all) would count towards the
+/// quorum without being able to vote in time.
+pub const PROMOTE_MAX_LAG: u64 = 64;
+/// How long a promote waits for a learner to come within [`PROMOTE_MAX_LAG`].
+const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn not_a_member(id: u64) -> Status {
     invalid("node_id", format!("{id} is not a member or learner"))
 }
@@ -57,6 +64,30 @@ fn valid_name(field: &str, name: &str) -> Result<(), Status> {
 }
 
 impl AdminEndpoint {
+    /// Waits a little for learner `id` to come within [`PROMOTE_MAX_LAG`] entries of the
+    /// leader's log; refuses with how far behind it is.
+    async fn caught_up(&self, id: u64) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + PROMOTE_WAIT;
+        loop {
+            let lag = self.raft.replication_lag(id);
+            if lag.is_some_and(|lag| lag <= PROMOTE_MAX_LAG) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let behind = match lag {
+                    Some(lag) => format!("{lag} entries behind the leader's log"),
+                    None => "behind by the whole log (it has acknowledged none of it)".to_string(),
+                };
+                return Err(Status::failed_precondition(format!(
+                    "node_id: learner {id} is {behind} (a voter may lag {PROMOTE_MAX_LAG} at \
+                     most): check that it runs at its address, and promote it once it has \
+                     caught up"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn new(
         raft: Arc<RaftNode>,
         observations: Observations,
@@ -117,7 +148,12 @@ impl AdminEndpoint {
                     epoch: a.map_or(0, |a| a.epoch),
                     moving_to: a.and_then(|a| a.target.clone()).unwrap_or_default(),
                     checkpoint: state.checkpoints.get(&key).map(|c| c.position),
-                    lag: progress.lag,
+                    // Finished: its bounded source is committed to the end.
+                    lag: if a.is_some_and(|a| a.finished) {
+                        Some(0)
+                    } else {
+                        progress.lag
+                    },
                     events_per_sec: progress.events_per_sec,
                     records_in: progress.records_in,
                     dead_lettered: progress.dead_lettered,
@@ -128,6 +164,7 @@ impl AdminEndpoint {
                         .move_pause(&key)
                         .and_then(|m| m.pause_ms)
                         .unwrap_or_default(),
+                    state: partition_state(state, p, a),
                 }
             })
             .collect();
@@ -163,13 +200,19 @@ impl AdminEndpoint {
 
     /// Creates a pipeline (`update` false: it must not exist) or replaces its spec
     /// (`update` true: it must exist).
+    ///
+    /// A create of the very spec a pipeline of version 1 already has answers as `describe`
+    /// and changes nothing: a client that lost the answer to its create (a connection cut
+    /// after the commit) can send it again safely.
     async fn put_pipeline(&self, spec: String, update: bool) -> Result<PipelineInfo, Status> {
         self.lead()?;
         let valid = self.validated(&spec).await?;
-        match (
-            self.raft.state().pipelines.contains_key(&valid.name),
-            update,
-        ) {
+        let state = self.raft.state();
+        let existing = state.pipelines.get(&valid.name);
+        if !update && existing.is_some_and(|p| p.version == 1 && p.spec == spec) {
+            return self.pipeline_info(&state, &valid.name);
+        }
+        match (existing.is_some(), update) {
             (true, false) => {
                 return Err(Status::already_exists(format!(
                     "spec.name: pipeline {:?} exists; update it instead",
@@ -230,6 +273,20 @@ impl Admin for AdminEndpoint {
                 format!("{:?} is not host:port", r.address),
             ));
         }
+        match self.raft.status().member(r.node_id) {
+            // Asked again: nothing to change.
+            Some(m) if m.role == "learner" && m.addr == r.address => {
+                return Ok(Response::new(self.status()))
+            }
+            Some(m) => {
+                return Err(Status::failed_precondition(format!(
+                    "node_id: {} is already a {} at {}; remove it first to give it another \
+                     address",
+                    r.node_id, m.role, m.addr
+                )))
+            }
+            None => {}
+        }
         self.raft
             .add_learner(r.node_id, r.address)
             .await
@@ -244,8 +301,10 @@ impl Admin for AdminEndpoint {
         self.lead()?;
         let id = request.into_inner().node_id;
         let status = self.raft.status();
-        if status.member(id).is_none() {
-            return Err(not_a_member(id));
+        match status.member(id) {
+            None => return Err(not_a_member(id)),
+            Some(m) if m.role != "learner" => return Ok(Response::new(self.status())),
+            Some(_) => self.caught_up(id).await?,
         }
         let mut voters = status.voters();
         voters.insert(id);
@@ -405,5 +464,56 @@ impl Admin for AdminEndpoint {
             .map(|name| self.pipeline_info(&state, name))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(ListPipelinesResponse { pipelines }))
+    }
+}
+
+/// What a partition is doing, for `describe`: and when nothing runs it, why.
+fn partition_state(
+    state: &ClusterState,
+    pipeline: &crate::state::Pipeline,
+    a: Option<&crate::state::Assignment>,
+) -> String {
+    let Some(a) = a else {
+        return "waiting: not planned yet".to_string();
+    };
+    if a.finished {
+        return "finished".to_string();
+    }
+    if pipeline.paused {
+        return "paused".to_string();
+    }
+    match (&a.owner, &a.target) {
+        (Some(_), Some(_)) => return "moving".to_string(),
+        (Some(_), None) => return "running".to_string(),
+        _ => {}
+    }
+    let eligible: Vec<&crate::state::Executor> = state
+        .executors
+        .values()
+        .filter(|e| !e.draining && (e.gpu || !pipeline.gpu))
+        .collect();
+    if state.executors.values().all(|e| e.draining) {
+        return "waiting: no executor in service".to_string();
+    }
+    if eligible.is_empty() {
+        return "waiting: no GPU executor (the pipeline's model runs on a GPU)".to_string();
+    }
+    let slots: u32 = eligible.iter().map(|e| e.slots).sum();
+    let taken = state
+        .assignments
+        .values()
+        .filter(|a| {
+            a.target
+                .as_ref()
+                .or(a.owner.as_ref())
+                .is_some_and(|on| eligible.iter().any(|e| &e.id == on))
+        })
+        .count() as u32;
+    if taken >= slots {
+        format!(
+            "waiting: no free slot (the {slots} slots of the executors that may run it are taken)"
+        )
+    } else {
+        "waiting: to be assigned".to_string()
     }
 }

@@ -8,8 +8,8 @@ use futures::Stream;
 use mirador_proto::coordinator::executor_service_server::ExecutorService;
 use mirador_proto::coordinator::{
     AssignmentSet, CommitRequest, CommitResponse, HeartbeatRequest, HeartbeatResponse,
-    PartitionAssignment, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
-    WatchRequest,
+    LeaveRequest, LeaveResponse, PartitionAssignment, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -142,6 +142,14 @@ impl ExecutorService for ExecutorEndpoint {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.lead()?;
+        // An answered heartbeat extends the executor's lease: only a leader that a
+        // majority still follows may give one, or an executor would run on through a lost
+        // quorum while the majority side hands its partitions to others.
+        if !self.raft.leads_a_quorum() {
+            return Err(Status::unavailable(
+                "this coordinator leads no majority of the region's coordinators",
+            ));
+        }
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
         self.observations
@@ -223,16 +231,43 @@ impl ExecutorService for ExecutorEndpoint {
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
         // Noted before the commit: the new owner's stream may carry the partition before
-        // this call returns.
-        self.observations
-            .released((r.pipeline.clone(), r.partition), r.stop_ms);
+        // this call returns. A release for an operator's pause is no move: the time the
+        // pipeline stays paused is not a move's pause.
+        let paused = self
+            .raft
+            .state()
+            .pipelines
+            .get(&r.pipeline)
+            .is_some_and(|p| p.paused);
+        if !paused {
+            self.observations
+                .released((r.pipeline.clone(), r.partition), r.stop_ms);
+        }
         self.write(Command::Release {
             pipeline: r.pipeline,
             partition: r.partition,
             executor: r.executor_id,
             epoch: r.epoch,
+            finished: r.finished,
         })
         .await?;
         Ok(Response::new(ReleaseResponse {}))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        self.lead()?;
+        let r = request.into_inner();
+        Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
+        // Drained: the planner gives it nothing new while it releases what it runs. Its
+        // lease then runs out, and the leader forgets it.
+        self.write(Command::SetDraining {
+            id: r.executor_id,
+            draining: true,
+        })
+        .await?;
+        Ok(Response::new(LeaveResponse {}))
     }
 }

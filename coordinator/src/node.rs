@@ -71,6 +71,7 @@ pub struct CoordinatorArgs {
     /// A YAML file with any of the settings below (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// This node's Raft id, at least 1, unique in the region.
     #[arg(long)]
     id: Option<u64>,
     /// host:port to listen on.
@@ -79,6 +80,7 @@ pub struct CoordinatorArgs {
     /// host:port that others use; default: --listen.
     #[arg(long)]
     advertise: Option<String>,
+    /// Where this node keeps its Raft log and state (`raft.redb`), locked while it runs.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// The initial voters: id=host:port,... (this node included). The node with the

@@ -53,6 +53,10 @@ pub struct Assignment {
     /// Set when the planner moves the partition: the owner stops at a checkpoint and
     /// releases it, then `target` becomes the owner with `epoch + 1`.
     pub target: Option<String>,
+    /// Its bounded source was read to the end and everything committed: it holds no slot
+    /// and is not assigned again, until the pipeline's spec is replaced.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// A partition's safe resume position and the epoch that wrote it.
@@ -136,12 +140,15 @@ pub enum Command {
         moves: Vec<Move>,
     },
     /// The owner stopped the partition at a checkpoint and lets it go: the target (or
-    /// nobody) becomes the owner with epoch + 1.
+    /// nobody) becomes the owner with epoch + 1. `finished`: it stopped at the end of its
+    /// bounded source, and nobody takes it.
     Release {
         pipeline: String,
         partition: u32,
         executor: String,
         epoch: u64,
+        #[serde(default)]
+        finished: bool,
     },
     /// A partition's position moves forward; refused from anyone but the owner with the
     /// current epoch, and never backwards.
@@ -259,7 +266,8 @@ impl ClusterState {
                 partition,
                 executor,
                 epoch,
-            } => self.release(pipeline, *partition, executor, *epoch),
+                finished,
+            } => self.release(pipeline, *partition, executor, *epoch, *finished),
             Command::CommitCheckpoint {
                 pipeline,
                 partition,
@@ -314,7 +322,13 @@ impl ClusterState {
             None => (1, false),
         };
         // Fewer partitions than before: the extra ones are dropped with their checkpoints;
-        // new ones start unassigned.
+        // new ones start unassigned. A new spec may read further: finished partitions run
+        // again from their checkpoints.
+        for ((p, _), a) in self.assignments.iter_mut() {
+            if p == name {
+                a.finished = false;
+            }
+        }
         self.assignments
             .retain(|(p, i), _| p != name || *i < partitions);
         self.checkpoints
@@ -330,6 +344,7 @@ impl ClusterState {
                         owner: None,
                         epoch,
                         target: None,
+                        finished: false,
                     },
                 );
             }
@@ -376,7 +391,7 @@ impl ClusterState {
             let Some(a) = self.assignments.get_mut(&(m.pipeline.clone(), m.partition)) else {
                 continue;
             };
-            if !runnable || a.owner != m.from || a.owner.as_ref() == Some(&m.to) {
+            if !runnable || a.finished || a.owner != m.from || a.owner.as_ref() == Some(&m.to) {
                 continue;
             }
             match &a.owner {
@@ -400,6 +415,7 @@ impl ClusterState {
         partition: u32,
         executor: &str,
         epoch: u64,
+        finished: bool,
     ) -> Result<Outcome, Refusal> {
         self.owned(pipeline, partition, executor, epoch)?;
         self.last_epoch += 1;
@@ -409,6 +425,10 @@ impl ClusterState {
             .expect("owned() found it");
         a.epoch = self.last_epoch;
         a.owner = a.target.take();
+        if finished {
+            a.owner = None;
+            a.finished = true;
+        }
         Ok(Outcome::Done)
     }
 
@@ -527,6 +547,8 @@ mod pairs {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn register(state: &mut ClusterState, id: &str) -> u64 {
@@ -598,6 +620,7 @@ mod tests {
             partition: 0,
             executor: "a".into(),
             epoch,
+            finished: false,
         });
         let next = state.assignments[&("p".to_string(), 0)].clone();
         assert_eq!(next.owner.as_deref(), Some("b"));
@@ -608,6 +631,43 @@ mod tests {
         ));
         assert_eq!(commit(&mut state, "b", next.epoch, 30), Outcome::Done);
         assert_eq!(state.checkpoints[&("p".to_string(), 0)].position, 30);
+    }
+
+    #[test]
+    fn a_finished_partition_frees_its_slot_until_the_spec_is_replaced() {
+        let mut state = one_partition();
+        assign(&mut state, "a");
+        let epoch = state.assignments[&("p".to_string(), 0)].epoch;
+        assert_eq!(
+            state.apply(&Command::Release {
+                pipeline: "p".into(),
+                partition: 0,
+                executor: "a".into(),
+                epoch,
+                finished: true,
+            }),
+            Outcome::Done
+        );
+        let a = state.assignments[&("p".to_string(), 0)].clone();
+        assert!(a.finished && a.owner.is_none(), "{a:?}");
+        let live = BTreeSet::from(["a".to_string()]);
+        assert!(
+            crate::planner::plan(&state, &live, 4).is_empty(),
+            "a finished partition is not assigned again"
+        );
+        let spec = state.pipelines["p"].spec.clone();
+        state.apply(&Command::PutPipeline {
+            name: "p".into(),
+            spec,
+            partitions: 1,
+            gpu: false,
+        });
+        assert!(!state.assignments[&("p".to_string(), 0)].finished);
+        assert_eq!(
+            crate::planner::plan(&state, &live, 4).len(),
+            1,
+            "a new spec runs again"
+        );
     }
 
     #[test]

@@ -425,3 +425,44 @@ async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() {
     assert!(snapshot.is_some(), "the follower holds a snapshot");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_follower_does_not_depose_a_leader_that_a_majority_follows() {
+    let cluster = Cluster::start(3, RaftConfig::default()).await;
+    cluster.write(register("e1")).await.unwrap();
+    let leader = cluster
+        .leader_among(&cluster.ids(), Duration::from_secs(1))
+        .await;
+    cluster
+        .converged(&cluster.ids(), Duration::from_secs(2))
+        .await;
+    let term = cluster.node(leader).metrics().term;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+
+    // Cut off for many election timeouts, then back.
+    cluster.router.isolate(follower);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        cluster.node(follower).metrics().term,
+        term,
+        "alone, it never wins a pre-vote, so it never raises its term"
+    );
+    cluster.router.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in cluster.ids() {
+        let m = cluster.node(id).metrics();
+        assert_eq!(m.term, term, "node {id}: the term stayed");
+        assert_eq!(m.leader, Some(leader), "node {id}: the leader stayed");
+    }
+    // And the group still elects when its leader is really gone.
+    cluster.router.isolate(leader);
+    let others: Vec<NodeId> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let new = cluster.leader_among(&others, Duration::from_secs(3)).await;
+    assert_ne!(new, leader);
+    cluster.router.heal();
+    cluster.shutdown().await;
+}

@@ -82,3 +82,35 @@ async fn state_survives_a_restart_from_disk() {
     );
     node.shutdown().await.unwrap();
 }
+
+#[test]
+fn a_torn_store_is_an_error_naming_the_file_and_a_held_one_names_its_holder() {
+    let dir = TempDir::new().unwrap();
+    let store = open_store(dir.path()).expect("a new store");
+    let error = open_store(dir.path())
+        .err()
+        .expect("held by the first")
+        .to_string();
+    assert!(
+        error.contains("LOCK is held by process")
+            && error.contains(&std::process::id().to_string()),
+        "{error}"
+    );
+    drop(store);
+
+    let file = dir.path().join("raft.redb");
+    let length = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    let error = open_store(dir.path())
+        .err()
+        .expect("a torn file is refused")
+        .to_string();
+    assert!(error.contains("raft.redb is damaged"), "{error}");
+    assert!(error.contains("restore it from a backup"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
+}

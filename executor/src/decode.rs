@@ -62,8 +62,47 @@ struct JsonEvent<'a> {
     value: Option<f64>,
     #[serde(borrow, default)]
     event_time: Option<Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_attributes")]
     attributes: Option<BTreeMap<String, String>>,
+}
+
+/// `attributes`, refusing a key given twice as a field given twice is refused (a plain
+/// map would keep the last one).
+fn unique_attributes<'de, D>(deserializer: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::{Error, MapAccess, Visitor};
+    struct Unique;
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of string to string")
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut attributes = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if attributes.contains_key(&key) {
+                    return Err(A::Error::custom(format_args!(
+                        "attribute {:?} given twice",
+                        truncate(&key)
+                    )));
+                }
+                attributes.insert(key, value);
+            }
+            Ok(Some(attributes))
+        }
+    }
+    deserializer.deserialize_option(Unique)
 }
 
 /// The fields of an event before validation, from either payload format.
@@ -146,7 +185,11 @@ impl Decoder {
         if !(0.0..=MAX_VALUE).contains(&fields.value) {
             return Err(reject(
                 ReasonCode::InvalidValue,
-                format!("value {} is not between 0 and {MAX_VALUE}", fields.value),
+                format!(
+                    "value {} is not between 0 and {}",
+                    compact(fields.value),
+                    compact(MAX_VALUE)
+                ),
             ));
         }
         let event_time = fields.event_time_ms?;
@@ -181,6 +224,16 @@ impl Decoder {
             event_time,
             attributes: fields.attributes,
         })
+    }
+}
+
+/// A number as people write it, in scientific notation when it is very large or small:
+/// `12.5`, `1e12`, `1e308`, never a 309-digit number.
+fn compact(x: f64) -> String {
+    if x != 0.0 && !(1e-6..1e9).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
     }
 }
 
@@ -443,6 +496,44 @@ mod tests {
                 String::from_utf8_lossy(&payload)
             );
         }
+    }
+
+    #[test]
+    fn a_value_out_of_range_is_said_in_few_digits() {
+        let rejection = decoder(PayloadFormat::Json)
+            .decode(GOOD.replace("12.5", "1e308").as_bytes(), NOW)
+            .unwrap_err();
+        assert_eq!(rejection.reason, ReasonCode::InvalidValue);
+        assert_eq!(rejection.message, "value 1e308 is not between 0 and 1e12");
+        let largest = GOOD.replace("12.5", "1000000000000");
+        assert!(decoder(PayloadFormat::Json)
+            .decode(largest.as_bytes(), NOW)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_attribute_given_twice_is_invalid_json() {
+        let twice = GOOD.replace(r#"{"utm":"x"}"#, r#"{"utm":"x","utm":"y"}"#);
+        let rejection = decoder(PayloadFormat::Json)
+            .decode(twice.as_bytes(), NOW)
+            .unwrap_err();
+        assert_eq!(rejection.reason, ReasonCode::InvalidJson, "{rejection:?}");
+        assert!(
+            rejection.message.contains("attribute \"utm\" given twice"),
+            "{rejection:?}"
+        );
+        let null = GOOD.replace(r#"{"utm":"x"}"#, "null");
+        assert!(decoder(PayloadFormat::Json)
+            .decode(null.as_bytes(), NOW)
+            .is_ok());
+        let number = GOOD.replace(r#"{"utm":"x"}"#, "5");
+        assert_eq!(
+            decoder(PayloadFormat::Json)
+                .decode(number.as_bytes(), NOW)
+                .unwrap_err()
+                .reason,
+            ReasonCode::WrongType
+        );
     }
 
     #[test]

@@ -16,11 +16,13 @@ pub struct ExecutorArgs {
     /// A YAML file with any of the settings below (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// This executor's id, unique in the region; default: the host name.
     #[arg(long)]
     id: Option<String>,
     /// host:port of the region's coordinators, comma-separated.
     #[arg(long)]
     coordinators: Option<String>,
+    /// The region it belongs to, as its coordinators name it.
     #[arg(long)]
     region: Option<String>,
     /// Partitions it runs at most.

@@ -165,7 +165,12 @@ impl PipelineRun {
                 policy: policy.clone(),
             })
             .await
-            .map_err(|e| anyhow::anyhow!("partition {partition} did not start: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "partition {partition} did not start: {e} (checkpoint {})",
+                    store.path(partition).display()
+                )
+            })?;
             handles.push(handle);
         }
         Ok(PipelineRun {

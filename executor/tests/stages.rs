@@ -408,7 +408,7 @@ async fn the_file_source_resumes_at_its_checkpoint_and_bounds_long_lines() {
     let long = "y".repeat(5000);
     std::fs::write(&path, format!("a\n\nbb\n{long}\nccc")).unwrap();
     let tracker = Arc::new(CheckpointTracker::new(None));
-    let mut source = FileSource::open(&path, 2, 100, tracker.committed()).unwrap();
+    let mut source = FileSource::open(&path, 2, 100, true, tracker.committed()).unwrap();
     let first = source.next_batch().await.unwrap().unwrap().open(&tracker);
     let payloads: Vec<&[u8]> = first.iter().map(|r| &r.origin.payload[..]).collect();
     assert_eq!(
@@ -426,16 +426,77 @@ async fn the_file_source_resumes_at_its_checkpoint_and_bounds_long_lines() {
     assert_eq!(
         &second[1].origin.payload[..],
         b"ccc",
-        "a last line without newline is read"
+        "a last line without newline is read from a complete file"
     );
     assert!(source.next_batch().await.unwrap().is_none());
 
     // Acknowledge the first batch only: a new source starts right after it.
     tracker.ack(first.iter().map(|r| r.origin.ack));
-    let mut resumed = FileSource::open(&path, 10, 100, tracker.committed()).unwrap();
+    let mut resumed = FileSource::open(&path, 10, 100, true, tracker.committed()).unwrap();
     let again = resumed.next_batch().await.unwrap().unwrap().items;
     assert_eq!(again.len(), 2);
     assert_eq!(again[0].origin.position.offset, 6);
+}
+
+#[tokio::test]
+async fn a_last_line_without_its_newline_is_read_only_once_the_newline_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(&path, "a\nbb\n{\"half\":").unwrap();
+    let tracker = Arc::new(CheckpointTracker::new(None));
+    let mut source = FileSource::open(&path, 10, 100, false, tracker.committed()).unwrap();
+    let batch = source.next_batch().await.unwrap().unwrap().open(&tracker);
+    let payloads: Vec<&[u8]> = batch.iter().map(|r| &r.origin.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"a"[..], &b"bb"[..]]);
+    assert!(source.next_batch().await.unwrap().is_none());
+    tracker.ack(batch.iter().map(|r| r.origin.ack));
+    assert_eq!(
+        tracker.committed().map(|p| p.offset),
+        Some(5),
+        "the checkpoint stops before the unfinished line"
+    );
+
+    // The writer finishes the line: the next run reads it whole.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"1}\n").unwrap();
+    let mut resumed = FileSource::open(&path, 10, 100, false, tracker.committed()).unwrap();
+    let again = resumed.next_batch().await.unwrap().unwrap().items;
+    assert_eq!(again.len(), 1);
+    assert_eq!(&again[0].origin.payload[..], b"{\"half\":1}");
+}
+
+#[tokio::test]
+async fn a_checkpoint_past_the_end_of_its_file_is_an_error_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(&path, "a\nbb\n").unwrap();
+    for offset in [7, u64::MAX] {
+        let resume = Some(Position {
+            partition: 0,
+            offset,
+        });
+        let error = FileSource::open(&path, 10, 100, false, resume)
+            .err()
+            .expect("a checkpoint past the end is refused")
+            .to_string();
+        assert!(
+            error.contains(&format!("byte {offset}")) && error.contains("(5 bytes)"),
+            "{error}"
+        );
+        assert!(error.contains("Delete the checkpoint"), "{error}");
+    }
+    let at_end = Some(Position {
+        partition: 0,
+        offset: 5,
+    });
+    let mut source = FileSource::open(&path, 10, 100, false, at_end).unwrap();
+    assert!(
+        source.next_batch().await.unwrap().is_none(),
+        "a checkpoint at the end reads nothing"
+    );
 }
 
 #[tokio::test]

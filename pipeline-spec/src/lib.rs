@@ -143,6 +143,10 @@ impl TryFrom<SinkFields> for SinkSpec {
 #[serde(deny_unknown_fields)]
 pub struct FileSourceSpec {
     pub path: PathBuf,
+    /// The file is finished: a last line without its newline is read. Otherwise such a
+    /// line is taken to be still in writing and is left for the next run.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -17,17 +17,25 @@ pub struct ChannelOptions {
     /// Every call fails with `DEADLINE_EXCEEDED` after this long, unless the call sets a
     /// shorter deadline of its own. `None`: no channel-wide limit (streams).
     pub request_timeout: Option<Duration>,
-    /// HTTP/2 pings on an idle connection, so that a dead peer is noticed.
+    /// HTTP/2 pings this often, idle or not, so that a dead or hung peer is noticed...
     pub keepalive: Duration,
+    /// ...when a ping is not answered within this: the connection and its calls fail.
+    pub keepalive_timeout: Duration,
 }
 
 impl ChannelOptions {
-    /// Calls from executors and operators to coordinators.
+    /// Calls from executors and operators to coordinators. A coordinator that hangs
+    /// (stopped) still accepts TCP connections in the kernel: its missing ping answers
+    /// give it away within 3 s, and the caller moves on to the next one, while a slow
+    /// Raft write on a live coordinator (its pings answered) may take its full request
+    /// timeout. Executors do not wait that long for a heartbeat: each attempt has its own
+    /// short deadline.
     pub const fn control() -> Self {
         ChannelOptions {
             connect_timeout: Duration::from_millis(500),
             request_timeout: Some(Duration::from_secs(5)),
-            keepalive: Duration::from_secs(10),
+            keepalive: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
         }
     }
 
@@ -37,6 +45,7 @@ impl ChannelOptions {
             connect_timeout,
             request_timeout: None,
             keepalive: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -64,7 +73,7 @@ pub fn endpoint(address: &str, options: &ChannelOptions) -> Result<Endpoint, Inv
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(options.keepalive)
-        .keep_alive_timeout(options.keepalive)
+        .keep_alive_timeout(options.keepalive_timeout)
         .keep_alive_while_idle(true);
     Ok(match options.request_timeout {
         Some(timeout) => endpoint.timeout(timeout),

@@ -30,3 +30,18 @@ fn main() -> ExitCode {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+#[cfg(test)]
+#[path = "../help_check.rs"]
+mod help_check;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_help_text() {
+        let missing = super::help_check::undocumented(&super::Cli::command());
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
+}

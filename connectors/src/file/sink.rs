@@ -6,6 +6,10 @@ use std::path::Path;
 
 pub struct JsonlFile {
     file: File,
+    /// Length of the whole records written: where the next batch starts.
+    whole: u64,
+    /// A failed write may have left part of a batch after `whole`.
+    torn: bool,
 }
 
 impl JsonlFile {
@@ -24,11 +28,31 @@ impl JsonlFile {
         if whole != file.metadata()?.len() {
             file.set_len(whole)?;
         }
-        Ok(JsonlFile { file })
+        Ok(JsonlFile {
+            file,
+            whole,
+            torn: false,
+        })
     }
 
+    /// Appends whole records. A write that fails part-way (a full disk) is cut back to the
+    /// last whole record before the error is returned, or at the latest before the next
+    /// append, so that a retried batch never lands after a torn line.
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
+        if self.torn {
+            self.file.set_len(self.whole)?;
+            self.torn = false;
+        }
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.whole += bytes.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                self.torn = self.file.set_len(self.whole).is_err();
+                Err(error)
+            }
+        }
     }
 }
 

@@ -18,20 +18,36 @@ pub struct FileSource {
     batch_records: usize,
     /// Lines longer than this are cut here; the decoder rejects them as oversized.
     max_line_bytes: usize,
+    /// The file is finished: a last line without its newline is read as it is.
+    complete: bool,
+    /// The warning about an unfinished last line was given.
+    warned: bool,
 }
 
 impl FileSource {
-    /// Opens `path` at the byte offset of `resume` (the partition's checkpoint).
+    /// Opens `path` at the byte offset of `resume` (the partition's checkpoint). A
+    /// checkpoint past the end of the file (the file was replaced or truncated) is an error:
+    /// reading from there would silently skip the new content.
     pub fn open(
         path: &Path,
         batch_records: usize,
         max_line_bytes: usize,
+        complete: bool,
         resume: Option<Position>,
     ) -> Result<Self, StageError> {
         let fatal = |e: std::io::Error| StageError::Fatal(format!("{}: {e}", path.display()));
         let file = File::open(path).map_err(fatal)?;
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let length = file.metadata().map_err(fatal)?.len();
         let offset = resume.map_or(0, |p| p.offset);
+        if offset > length {
+            return Err(StageError::Fatal(format!(
+                "{}: the checkpoint is at byte {offset}, past the end of the file ({length} \
+                 bytes): the file was replaced or truncated. Delete the checkpoint to read it \
+                 from the start",
+                path.display()
+            )));
+        }
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
         reader.seek(SeekFrom::Start(offset)).map_err(fatal)?;
         Ok(FileSource {
             path: path.to_path_buf(),
@@ -39,17 +55,20 @@ impl FileSource {
             offset,
             batch_records,
             max_line_bytes,
+            complete,
+            warned: false,
         })
     }
 
     /// Reads one line into `line`, keeping at most `max_line_bytes + 1` bytes of it so that
-    /// a huge line cannot take unbounded memory. Returns the bytes consumed (0 at the end).
-    fn read_line(&mut self, line: &mut Vec<u8>) -> std::io::Result<u64> {
+    /// a huge line cannot take unbounded memory. Returns the bytes consumed (0 at the end)
+    /// and whether the line ended with its newline.
+    fn read_line(&mut self, line: &mut Vec<u8>) -> std::io::Result<(u64, bool)> {
         let mut consumed = 0u64;
         loop {
             let buf = self.reader.fill_buf()?;
             if buf.is_empty() {
-                return Ok(consumed);
+                return Ok((consumed, false));
             }
             let (chunk, done) = match memchr(buf) {
                 Some(i) => (&buf[..=i], true),
@@ -61,9 +80,16 @@ impl FileSource {
             self.reader.consume(n);
             consumed += n as u64;
             if done {
-                return Ok(consumed);
+                return Ok((consumed, true));
             }
         }
+    }
+}
+
+fn unavailable(path: &Path, e: std::io::Error) -> StageError {
+    StageError::Unavailable {
+        service: "file",
+        message: format!("{}: {e}", path.display()),
     }
 }
 
@@ -86,13 +112,21 @@ impl Source for FileSource {
         while lines.len() < self.batch_records {
             line.clear();
             let start = self.offset;
-            let consumed = self
+            let (consumed, terminated) = self
                 .read_line(&mut line)
-                .map_err(|e| StageError::Unavailable {
-                    service: "file",
-                    message: format!("{}: {e}", self.path.display()),
-                })?;
+                .map_err(|e| unavailable(&self.path, e))?;
             if consumed == 0 {
+                break;
+            }
+            if !terminated && !self.complete {
+                // A line still being written: it is read, whole, once its newline comes.
+                if !std::mem::replace(&mut self.warned, true) {
+                    tracing::warn!(path = %self.path.display(), offset = start,
+                        "the last line has no newline yet: left for the next run");
+                }
+                self.reader
+                    .seek(SeekFrom::Start(start))
+                    .map_err(|e| unavailable(&self.path, e))?;
                 break;
             }
             self.offset += consumed;

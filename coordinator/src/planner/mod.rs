@@ -96,7 +96,7 @@ impl<'a> Planner<'a> {
             let Some(pipeline) = self.active(key) else {
                 continue;
             };
-            if a.owner.is_some() {
+            if a.owner.is_some() || a.finished {
                 continue;
             }
             match self.destination(pipeline, None) {

@@ -74,6 +74,7 @@ fn complete_handovers(
                 partition: *i,
                 executor: owner,
                 epoch: a.epoch,
+                finished: false,
             })
         })
         .collect();
@@ -369,6 +370,7 @@ fn scenario(gpu: bool, faults: bool) -> impl Strategy<Value = Scenario> {
                         owner,
                         epoch,
                         target,
+                        finished: false,
                     };
                     state
                         .assignments

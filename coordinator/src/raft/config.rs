@@ -98,6 +98,13 @@ impl RaftConfig {
     }
 
     /// The openraft configuration these settings stand for.
+    pub(crate) fn timing(&self) -> super::prevote::Timing {
+        super::prevote::Timing {
+            election_min: Duration::from_millis(self.election_timeout_min_ms),
+            election_max: Duration::from_millis(self.election_timeout_max_ms),
+        }
+    }
+
     pub(crate) fn to_openraft(&self) -> openraft::Config {
         openraft::Config {
             cluster_name: "mirador-coordinators".to_string(),
@@ -106,6 +113,8 @@ impl RaftConfig {
             heartbeat_interval: self.heartbeat_interval_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            // Elections are called by our pre-vote (`super::prevote`).
+            enable_elect: false,
             ..Default::default()
         }
     }

@@ -7,6 +7,8 @@
 //!   in one redb file per node.
 //! - [`GrpcNetwork`] and [`RaftService`]: Raft RPCs between coordinators over gRPC, one
 //!   channel per peer.
+//! - [`prevote`]: elections that a returning node cannot win against a leader that a
+//!   majority still follows.
 //! - [`testing::Router`]: an in-process network that drops, delays and partitions, for
 //!   tests of the whole group in one process.
 
@@ -14,6 +16,7 @@ mod config;
 mod error;
 mod log_store;
 mod network;
+pub mod prevote;
 mod service;
 mod state_machine;
 mod store;
@@ -65,6 +68,11 @@ pub struct RaftNode {
     raft: Raft,
     state: watch::Receiver<Arc<ClusterState>>,
     write_timeout: Duration,
+    timing: prevote::Timing,
+    /// Runs this node's elections; stopped with the node.
+    campaign: tokio::task::AbortHandle,
+    /// A leader whose quorum last acknowledged it longer ago than this may be cut off.
+    quorum_ack_bound: Duration,
     /// Taken by the first [`RaftNode::shutdown`].
     store_closed: Arc<Mutex<Option<StoreClosed>>>,
 }
@@ -103,7 +111,7 @@ impl RaftNode {
         network: N,
     ) -> Result<Self, StartError>
     where
-        N: RaftNetworkFactory<TypeConfig>,
+        N: RaftNetworkFactory<TypeConfig> + prevote::PreVoteNetwork + Clone,
     {
         config.validate()?;
         let raft_config = Arc::new(config.to_openraft().validate()?);
@@ -113,13 +121,26 @@ impl RaftNode {
             .await
             .expect("opening the raft store panicked")?;
         let state = store.state_machine.subscribe();
-        let raft = Raft::new(id, raft_config, network, store.log, store.state_machine).await?;
+        let raft = Raft::new(
+            id,
+            raft_config,
+            network.clone(),
+            store.log,
+            store.state_machine,
+        )
+        .await?;
+        let timing = config.timing();
+        let campaign =
+            tokio::spawn(prevote::campaign(raft.clone(), network, timing)).abort_handle();
         Ok(Self {
             id,
             addr: addr.into(),
             raft,
             state,
             write_timeout: config.write_timeout(),
+            timing,
+            campaign,
+            quorum_ack_bound: Duration::from_millis(2 * config.election_timeout_max_ms),
             store_closed: Arc::new(Mutex::new(Some(store.closed))),
         })
     }
@@ -151,7 +172,7 @@ impl RaftNode {
 
     /// The service that lets peers reach this node, for the coordinator's gRPC server.
     pub fn grpc_service(&self) -> mirador_proto::raft::raft_server::RaftServer<RaftService> {
-        RaftService::new(self.raft.clone()).into_server()
+        RaftService::new(self.raft.clone(), self.timing).into_server()
     }
 
     /// Makes a new group of `members` (id to gRPC address, this node included). Call it on
@@ -239,9 +260,32 @@ impl RaftNode {
         }
     }
 
+    /// Whether this node leads and a majority of voters acknowledged it within two
+    /// election timeouts: a leader cut off from its quorum answers nothing that extends a
+    /// lease, though openraft keeps it leader until it learns of a newer term.
+    pub fn leads_a_quorum(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(m.id)
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| ms <= self.quorum_ack_bound.as_millis() as u64)
+    }
+
+    /// On the leader: how many entries of its log `id` has not yet acknowledged. `None`
+    /// when it has acknowledged none (it may not even run), on a node that does not lead,
+    /// or for a node the leader does not replicate to.
+    pub fn replication_lag(&self, id: NodeId) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let matched = (*m.replication.as_ref()?.get(&id)?)?;
+        Some(m.last_log_index.unwrap_or(0).saturating_sub(matched.index))
+    }
+
     /// Stops the node. When this returns, its store is closed: the same data directory can
     /// be started again in this process.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
+        self.campaign.abort();
         self.raft.shutdown().await?;
         let closed = self
             .store_closed

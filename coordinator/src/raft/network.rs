@@ -93,6 +93,28 @@ impl GrpcNetwork {
     }
 }
 
+impl super::prevote::PreVoteNetwork for GrpcNetwork {
+    fn pre_vote(
+        &self,
+        target: NodeId,
+        addr: String,
+        request: super::prevote::PreVoteRequest,
+        timing: super::prevote::Timing,
+    ) -> futures::future::BoxFuture<'_, Option<super::prevote::PreVoteResponse>> {
+        Box::pin(async move {
+            let mut client = RaftClient::new(self.channel(target, &addr).ok()?);
+            let data = serde_json::to_vec(&request).ok()?;
+            let mut call = tonic::Request::new(RaftPayload { data });
+            call.set_timeout(timing.election_min);
+            let answer = tokio::time::timeout(timing.election_min, client.pre_vote(call))
+                .await
+                .ok()?
+                .ok()?;
+            serde_json::from_slice(&answer.into_inner().data).ok()
+        })
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcPeer;
 

@@ -8,17 +8,19 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::network::MAX_MESSAGE_BYTES;
+use super::prevote::{self, PreVoteRequest, Timing};
 use super::Raft;
 
 /// Serves a node's Raft to its peers.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    timing: Timing,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, timing: Timing) -> Self {
+        Self { raft, timing }
     }
 
     /// The tonic service to add to the coordinator's gRPC server.
@@ -78,5 +80,13 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(request)?;
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: PreVoteRequest = decode(request)?;
+        reply(&prevote::answer(&self.raft, self.timing, &rpc).await)
     }
 }

@@ -9,6 +9,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mirador_proto::lock::{DirLock, LockError};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use redb::{Database, TableDefinition};
 use tokio::sync::watch;
@@ -52,6 +53,15 @@ pub enum StoreError {
     },
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: DiskError },
+    #[error("the data directory is in use: {0}")]
+    Locked(#[from] LockError),
+    /// redb refused the file with an assertion: it is torn or not a store.
+    #[error(
+        "{} is damaged ({reason}): restore it from a backup, or remove the data directory \
+         and add this node to the group again (--join, then add-learner and promote)",
+        path.display()
+    )]
+    Damaged { path: PathBuf, reason: String },
 }
 
 /// A failed redb call or a record that does not decode.
@@ -100,6 +110,9 @@ impl From<redb::CommitError> for DiskError {
 /// Raft makes of them.
 pub(crate) struct StoreFile {
     db: Database,
+    /// Held while the file is open: a second process on the data directory is refused
+    /// with this one's pid.
+    _lock: DirLock,
     /// Dropped right after `db` (fields drop in order): tells [`StoreClosed`] that the file
     /// may be opened again.
     _open: watch::Sender<()>,
@@ -135,11 +148,55 @@ pub struct OpenStore {
 }
 
 /// Opens (or creates) the store of a node in `dir`.
+/// The thread that opens a store: redb meets a torn file with a failed assertion, which
+/// is reported as [`StoreError::Damaged`], not printed as a panic.
+const OPENING_THREAD: &str = "raft-store-open";
+
+fn quiet_panics_while_opening() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() != Some(OPENING_THREAD) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 pub fn open(dir: &Path) -> Result<OpenStore, StoreError> {
+    quiet_panics_while_opening();
+    let path = dir.join("raft.redb");
+    let dir = dir.to_path_buf();
+    let opening = std::thread::Builder::new()
+        .name(OPENING_THREAD.to_string())
+        .spawn(move || open_here(&dir))
+        .map_err(|source| StoreError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+    match opening.join() {
+        Ok(opened) => opened,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unreadable".to_string());
+            Err(StoreError::Damaged {
+                path,
+                reason: reason.lines().next().unwrap_or_default().to_string(),
+            })
+        }
+    }
+}
+
+fn open_here(dir: &Path) -> Result<OpenStore, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
+    let lock = DirLock::acquire(dir, "LOCK")?;
     let path = dir.join("raft.redb");
     let opened = (|| -> Result<_, DiskError> {
         let db = Database::create(&path)?;
@@ -150,7 +207,11 @@ pub fn open(dir: &Path) -> Result<OpenStore, StoreError> {
         txn.open_table(STATE_MACHINE)?;
         txn.commit()?;
         let (open, closed) = watch::channel(());
-        let file = Arc::new(StoreFile { db, _open: open });
+        let file = Arc::new(StoreFile {
+            db,
+            _lock: lock,
+            _open: open,
+        });
         Ok(OpenStore {
             log: LogStore::new(file.clone()),
             state_machine: StateMachineStore::open(file)?,

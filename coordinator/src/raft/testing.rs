@@ -165,6 +165,28 @@ pub struct RouterNetwork {
     id: NodeId,
 }
 
+impl super::prevote::PreVoteNetwork for RouterNetwork {
+    fn pre_vote(
+        &self,
+        target: NodeId,
+        _addr: String,
+        request: super::prevote::PreVoteRequest,
+        timing: super::prevote::Timing,
+    ) -> futures::future::BoxFuture<'_, Option<super::prevote::PreVoteResponse>> {
+        Box::pin(async move {
+            let (raft, delay) = self.router.send(self.id, target).ok()?;
+            let answer = tokio::time::timeout(timing.election_min, async {
+                tokio::time::sleep(delay).await;
+                super::prevote::answer(&raft, timing, &request).await
+            })
+            .await
+            .ok()?;
+            self.router.reply(self.id, target).ok()?;
+            Some(answer)
+        })
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for RouterNetwork {
     type Network = RouterPeer;
 

@@ -16,12 +16,15 @@ use futures::{Stream, StreamExt};
 use mirador_proto::coordinator::executor_service_client::ExecutorServiceClient;
 use mirador_proto::coordinator::executor_service_server::ExecutorService;
 use mirador_proto::coordinator::{
-    AssignmentSet, CommitRequest, HeartbeatRequest, RegisterRequest, RegisterResponse,
-    ReleaseRequest, WatchRequest,
+    AssignmentSet, CommitRequest, HeartbeatRequest, LeaveRequest, RegisterRequest,
+    RegisterResponse, ReleaseRequest, WatchRequest,
 };
 use mirador_proto::leader::LeaderChannel;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+
+/// How long one heartbeat attempt may take before the next coordinator is asked.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Why a call to the coordinators did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +92,9 @@ pub trait CoordinatorClient: Send + Sync + 'static {
 
     fn release(&self, request: ReleaseRequest) -> BoxFuture<'_, Result<(), CoordinatorError>>;
 
+    /// This executor shuts down: the coordinators give it nothing new.
+    fn leave(&self, request: LeaveRequest) -> BoxFuture<'_, Result<(), CoordinatorError>>;
+
     /// Where calls go now, for logs.
     fn current(&self) -> String;
 }
@@ -134,9 +140,15 @@ impl CoordinatorClient for GrpcCoordinators {
 
     fn heartbeat(&self, request: HeartbeatRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
         Box::pin(async move {
-            self.unary(request, |mut c, r| async move { c.heartbeat(r).await })
-                .await
-                .map(drop)
+            self.unary(request, |mut c, r| async move {
+                // A heartbeat is answered from memory: one that takes longer went to a
+                // coordinator that hangs, and the next one may answer within the lease.
+                let mut r = Request::new(r);
+                r.set_timeout(HEARTBEAT_TIMEOUT);
+                c.heartbeat(r).await
+            })
+            .await
+            .map(drop)
         })
     }
 
@@ -172,6 +184,14 @@ impl CoordinatorClient for GrpcCoordinators {
     fn release(&self, request: ReleaseRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
         Box::pin(async move {
             self.unary(request, |mut c, r| async move { c.release(r).await })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn leave(&self, request: LeaveRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
+        Box::pin(async move {
+            self.unary(request, |mut c, r| async move { c.leave(r).await })
                 .await
                 .map(drop)
         })
@@ -244,6 +264,13 @@ impl<S: ExecutorService> CoordinatorClient for InProcessCoordinators<S> {
     fn release(&self, request: ReleaseRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
         Box::pin(async move {
             self.service.release(Request::new(request)).await?;
+            Ok(())
+        })
+    }
+
+    fn leave(&self, request: LeaveRequest) -> BoxFuture<'_, Result<(), CoordinatorError>> {
+        Box::pin(async move {
+            self.service.leave(Request::new(request)).await?;
             Ok(())
         })
     }

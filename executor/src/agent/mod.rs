@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mirador_proto::coordinator::{
-    AssignmentSet, HeartbeatRequest, PartitionAssignment, RegisterRequest, ReleaseRequest,
-    WatchRequest,
+    AssignmentSet, HeartbeatRequest, LeaveRequest, PartitionAssignment, RegisterRequest,
+    ReleaseRequest, WatchRequest,
 };
 use mirador_proto::retry::Backoff;
 use tokio::sync::Mutex as AsyncMutex;
@@ -92,7 +92,13 @@ pub struct ExecutorAgent {
     running: Running,
     /// Pipeline resources by (pipeline, version), shared by its partitions here.
     resources: Mutex<HashMap<(String, u64), Arc<PipelineResources>>>,
+    /// The last snapshots of the partitions that ran to their end here and were released,
+    /// at most [`FINISHED_KEPT`] of them.
+    finished: Mutex<BTreeMap<Key, mirador_actors::PipelineSnapshot>>,
 }
+
+/// Snapshots of finished partitions kept for [`ExecutorAgent::snapshots`].
+const FINISHED_KEPT: usize = 4096;
 
 impl ExecutorAgent {
     /// An agent that calls the coordinators in `config` over gRPC.
@@ -116,6 +122,7 @@ impl ExecutorAgent {
             coordinators,
             running: Arc::default(),
             resources: Mutex::default(),
+            finished: Mutex::default(),
         }
     }
 
@@ -130,12 +137,19 @@ impl ExecutorAgent {
     }
 
     /// What each running partition's pipeline reports now.
+    /// The partitions running here, and those that ran to their end here since.
     pub async fn snapshots(&self) -> Vec<mirador_actors::PipelineSnapshot> {
-        self.running
-            .lock()
-            .await
+        let running = self.running.lock().await;
+        let finished = self.finished.locked();
+        running
             .values()
             .map(AssignedPartition::snapshot)
+            .chain(
+                finished
+                    .iter()
+                    .filter(|(key, _)| !running.contains_key(*key))
+                    .map(|(_, s)| s.clone()),
+            )
             .collect()
     }
 
@@ -160,6 +174,7 @@ impl ExecutorAgent {
                 self.abandon_all().await;
                 continue;
             }
+            self.leave(&session).await;
             self.release_all(&session).await;
             return;
         }
@@ -209,7 +224,8 @@ impl ExecutorAgent {
 
     async fn heartbeat_loop(&self, session: &Session) {
         // Per partition: the start of the current rate window and the count then, and
-        // the rate of the last full window (a second at least, so bursts average out).
+        // the rate, smoothed over windows of a second at least (records come in batches:
+        // one window's count alone swings with where the batches fall).
         let mut windows: HashMap<Key, (Instant, u64, f64)> = HashMap::new();
         let mut partitions = Vec::new();
         loop {
@@ -228,7 +244,7 @@ impl ExecutorAgent {
                         let seconds = now.duration_since(window.0).as_secs_f64();
                         if seconds >= 1.0 {
                             let rate = records.saturating_sub(window.1) as f64 / seconds;
-                            *window = (now, records, rate);
+                            *window = (now, records, smoothed_rate(window.2, rate, seconds));
                         }
                         progress.events_per_sec = window.2;
                         progress
@@ -299,6 +315,7 @@ impl ExecutorAgent {
                             return;
                         }
                         self.reap_fenced().await;
+                        self.reap_finished(session).await;
                     }
                 }
             }
@@ -349,7 +366,8 @@ impl ExecutorAgent {
                     let position = partition.position();
                     let committed = partition.stop(session).await;
                     if release && committed {
-                        self.release(session, &key, epoch, stopping.elapsed()).await;
+                        self.release(session, &key, epoch, stopping.elapsed(), false)
+                            .await;
                     }
                     if let (true, Some(position)) = (committed, position()) {
                         stopped_at.insert(key, (epoch, position));
@@ -423,7 +441,14 @@ impl ExecutorAgent {
         }
     }
 
-    async fn release(&self, session: &Session, key: &Key, epoch: u64, stopped_in: Duration) {
+    async fn release(
+        &self,
+        session: &Session,
+        key: &Key,
+        epoch: u64,
+        stopped_in: Duration,
+        finished: bool,
+    ) {
         let request = ReleaseRequest {
             executor_id: session.executor_id.clone(),
             incarnation: session.incarnation,
@@ -431,11 +456,41 @@ impl ExecutorAgent {
             partition: key.1,
             epoch,
             stop_ms: stopped_in.as_millis() as u64,
+            finished,
         };
         match session.coordinators.release(request).await {
-            Ok(()) => tracing::info!(pipeline = %key.0, partition = key.1, epoch, "released"),
+            Ok(()) => {
+                tracing::info!(pipeline = %key.0, partition = key.1, epoch, finished, "released")
+            }
             Err(error) => {
                 tracing::warn!(pipeline = %key.0, partition = key.1, %error, "release refused")
+            }
+        }
+    }
+
+    /// Releases the partitions that read their bounded source to the end, once their last
+    /// position is committed: their slots go back to the region.
+    async fn reap_finished(&self, session: &Session) {
+        let mut running = self.running.lock().await;
+        let finished: Vec<Key> = running
+            .iter()
+            .filter(|(_, p)| p.read_to_the_end())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            if let Some(partition) = running.remove(&key) {
+                let epoch = partition.id.epoch;
+                let stopping = Instant::now();
+                let snapshot = partition.snapshot();
+                if partition.stop(session).await {
+                    self.release(session, &key, epoch, stopping.elapsed(), true)
+                        .await;
+                }
+                let mut finished = self.finished.locked();
+                if finished.len() >= FINISHED_KEPT {
+                    finished.pop_first();
+                }
+                finished.insert(key, snapshot);
             }
         }
     }
@@ -462,13 +517,26 @@ impl ExecutorAgent {
         }
     }
 
+    /// Tells the coordinators that this executor shuts down, so that the partitions it
+    /// releases next are not planned back onto it.
+    async fn leave(&self, session: &Session) {
+        let request = LeaveRequest {
+            executor_id: session.executor_id.clone(),
+            incarnation: session.incarnation,
+        };
+        if let Err(error) = session.coordinators.leave(request).await {
+            tracing::warn!(%error, "cannot announce the shutdown; releasing anyway");
+        }
+    }
+
     async fn release_all(&self, session: &Session) {
         let mut running = self.running.lock().await;
         while let Some((key, partition)) = running.pop_first() {
             let epoch = partition.id.epoch;
             let stopping = Instant::now();
             if partition.stop(session).await {
-                self.release(session, &key, epoch, stopping.elapsed()).await;
+                self.release(session, &key, epoch, stopping.elapsed(), false)
+                    .await;
             }
         }
     }
@@ -496,5 +564,47 @@ impl ExecutorAgent {
             .map(|p| (p.id.pipeline.clone(), p.version))
             .collect();
         self.resources.locked().retain(|key, _| used.contains(key));
+    }
+}
+
+/// How long a change of rate takes to show mostly (63 %) in the smoothed rate.
+const RATE_SMOOTHING: Duration = Duration::from_secs(5);
+
+/// The exponentially smoothed rate after a window of `seconds` measured at `rate`.
+fn smoothed_rate(previous: f64, rate: f64, seconds: f64) -> f64 {
+    if previous == 0.0 {
+        return rate;
+    }
+    let weight = 1.0 - (-seconds / RATE_SMOOTHING.as_secs_f64()).exp();
+    previous + weight * (rate - previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smoothed_rate;
+
+    #[test]
+    fn the_rate_shown_is_smoothed_not_one_window_alone() {
+        // Batches fall unevenly into one-second windows: 1000, 3000, 1000, 3000, ...
+        let mut rate = 0.0;
+        let mut shown = Vec::new();
+        for i in 0..20 {
+            let window = if i % 2 == 0 { 1000.0 } else { 3000.0 };
+            rate = smoothed_rate(rate, window, 1.0);
+            shown.push(rate);
+        }
+        let last = &shown[10..];
+        let (low, high) = last
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+        assert!(
+            low > 1600.0 && high < 2400.0,
+            "settles near the mean: {last:?}"
+        );
+        // A real change shows within seconds.
+        for _ in 0..15 {
+            rate = smoothed_rate(rate, 10_000.0, 1.0);
+        }
+        assert!(rate > 9000.0, "{rate}");
     }
 }

@@ -126,6 +126,11 @@ impl AssignedPartition {
         self.handle.is_finished()
     }
 
+    /// It ended by itself, its bounded source read to the end and everything delivered.
+    pub fn read_to_the_end(&self) -> bool {
+        self.is_finished() && matches!(self.handle.snapshot().exit, ExitStatus::Success)
+    }
+
     pub fn snapshot(&self) -> PipelineSnapshot {
         self.handle.snapshot()
     }

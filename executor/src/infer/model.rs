@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
 use crate::spec::DeviceSpec;
 
@@ -54,21 +54,40 @@ impl TorchModel {
                 path.display()
             )));
         }
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| ModelError(format!("model.path: cannot load {}: {e}", path.display())))?;
+        let mut module = CModule::load_on_device(path, device).map_err(|e| {
+            ModelError(format!(
+                "model.path: {} is not a TorchScript model ({}); expected a file saved by \
+                 torch.jit.save",
+                path.display(),
+                torch_message(&e)
+            ))
+        })?;
         module.set_eval();
         let mut model = TorchModel {
             module,
             device,
             width,
         };
-        model.score(&vec![0.0; width], 1).map_err(|e| {
+        let zeros = vec![0.0; width];
+        let output = model.forward(&zeros, 1).map_err(|e| {
             ModelError(format!(
                 "model.path: {} does not take {width} features per row: {e}",
                 path.display()
             ))
         })?;
+        let what = |e: ModelError| ModelError(format!("model.path: {}: {e}", path.display()));
+        let _ = scores_tensor(output).map_err(what)?;
+        model.score(&zeros, 1).map_err(what)?;
         Ok(model)
+    }
+
+    /// The model's output for `n` rows.
+    fn forward(&self, rows: &[f32], n: usize) -> Result<IValue, ModelError> {
+        let input = Tensor::from_slice(rows)
+            .view([n as i64, self.width as i64])
+            .to_device(self.device);
+        tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)]))
+            .map_err(|e| ModelError(format!("forward pass failed: {}", torch_message(&e))))
     }
 
     pub fn device(&self) -> Device {
@@ -95,11 +114,7 @@ impl Scorer for TorchModel {
                 outputs: 1,
             });
         }
-        let input = Tensor::from_slice(rows)
-            .view([n as i64, self.width as i64])
-            .to_device(self.device);
-        let output = tch::no_grad(|| self.module.forward_ts(&[input]))
-            .map_err(|e| ModelError(format!("forward pass failed: {e}")))?;
+        let output = scores_tensor(self.forward(rows, n)?)?;
         let output = output.to_kind(Kind::Float).to_device(Device::Cpu);
         let dims = output.size();
         let outputs = match dims.as_slice() {
@@ -114,5 +129,53 @@ impl Scorer for TorchModel {
         let values = Vec::<f32>::try_from(output.flatten(0, -1))
             .map_err(|e| ModelError(format!("cannot read scores: {e}")))?;
         Ok(Scores { values, outputs })
+    }
+}
+
+/// The one tensor of scores a model must return.
+fn scores_tensor(output: IValue) -> Result<Tensor, ModelError> {
+    match output {
+        IValue::Tensor(output) => Ok(output),
+        IValue::Tuple(values) => Err(ModelError(format!(
+            "the model returns a tuple of {} values; expected one tensor of scores, a row per \
+             input row",
+            values.len()
+        ))),
+        other => Err(ModelError(format!(
+            "the model returns {}; expected one tensor of scores, a row per input row",
+            ivalue_kind(&other)
+        ))),
+    }
+}
+
+/// The first lines of a libtorch error, without its C++ stack: the whole of it is logged
+/// at debug level (`MIRADOR_LOG=debug`).
+fn torch_message(error: &TchError) -> String {
+    let text = error.to_string();
+    tracing::debug!(error = %text, "libtorch error");
+    let text = text.strip_prefix("Internal torch error: ").unwrap_or(&text);
+    let head = text
+        .split("\nException raised from")
+        .next()
+        .unwrap_or(text)
+        .lines()
+        .take_while(|line| !line.trim_start().starts_with("frame #"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    head.chars().take(400).collect()
+}
+
+fn ivalue_kind(value: &IValue) -> &'static str {
+    match value {
+        IValue::None => "None",
+        IValue::Bool(_) => "a bool",
+        IValue::Int(_) => "an int",
+        IValue::Double(_) => "a float",
+        IValue::String(_) => "a string",
+        IValue::GenericList(_) | IValue::TensorList(_) | IValue::DoubleList(_) => "a list",
+        IValue::GenericDict(_) => "a dict",
+        _ => "something other than a tensor",
     }
 }
