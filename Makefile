@@ -24,8 +24,12 @@ TANSU_VERSION := 0.6.0
 # The folder names the features: an older build without SQLite storage is not reused.
 TANSU_DIR := $(CACHE)/tansu-$(TANSU_VERSION)-sqlite
 TANSU := $(TANSU_DIR)/bin/tansu
+# An S3-protocol server for the snapshot store's tests, in the same environment.
+MOTO_VERSION := 5.2.5
+MOTO_STAMP := $(VENV)/.moto-$(MOTO_VERSION)
+MOTO := $(VENV)/bin/moto_server
 
-.PHONY: services services-down tansu toolchain setup demo test verify fmt-check clippy features-check fix bench build model clean-out
+.PHONY: services services-down tansu moto toolchain setup demo test verify fmt-check clippy features-check fix bench build model clean-out
 
 setup: toolchain $(TORCH_STAMP) $(TORCH_LIB)
 
@@ -59,6 +63,12 @@ $(TANSU):
 
 tansu: $(TANSU)
 
+moto: $(MOTO_STAMP)
+
+$(MOTO_STAMP): $(TORCH_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'
+	touch $@
+
 build: setup
 	cargo build --release --bin mirador --bin mirador-coordinator
 
@@ -76,8 +86,8 @@ services-down:
 bench: build
 	$(MIRADOR) bench
 
-test: setup $(TANSU)
-	MIRADOR_TANSU=$(TANSU) cargo test --workspace
+test: setup $(TANSU) $(MOTO_STAMP)
+	MIRADOR_TANSU=$(TANSU) MIRADOR_MOTO=$(MOTO) cargo test --workspace
 
 fmt-check:
 	cargo fmt --all -- --check

@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::Subcommand;
 use mirador_proto::admin::admin_client::AdminClient;
 use mirador_proto::admin::{
-    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, DrainNodeRequest,
-    ListNodesRequest, ListPipelinesRequest, MemberRequest, NodeInfo, PipelineInfo, PipelineRequest,
-    PipelineSpecRequest,
+    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSnapshotRequest,
+    DrainNodeRequest, ListNodesRequest, ListPipelinesRequest, ListSnapshotsRequest,
+    ListSnapshotsResponse, MemberRequest, NodeInfo, PipelineInfo, PipelineRequest,
+    PipelineSpecRequest, RestoreRequest, ShowSnapshotRequest, ShowSnapshotResponse, SnapshotInfo,
 };
 use mirador_proto::leader::LeaderChannel;
 use serde_json::{json, Value};
@@ -81,6 +82,72 @@ pub enum AdminCommand {
     },
     /// Every pipeline.
     Pipelines,
+    /// The region's snapshots in its object store.
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
+    /// Restore a snapshot into this region, which must hold no pipeline: its pipelines
+    /// resume here from the snapshot's checkpoints.
+    Restore {
+        /// STORE/REGION for the region's newest whole snapshot, or STORE/REGION/SEQUENCE;
+        /// STORE is a directory, s3://bucket/prefix or gs://bucket/prefix.
+        #[arg(long)]
+        snapshot: String,
+        /// A setting of the store, KEY=VALUE (object_store's keys: credentials, endpoint);
+        /// repeat for several.
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+}
+
+/// `STORE/REGION[/SEQUENCE]` (a sequence may be a manifest's name) as a request.
+fn restore_request(snapshot: &str, options: &[String]) -> anyhow::Result<RestoreRequest> {
+    let options = options
+        .iter()
+        .map(|o| {
+            o.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("option: {o:?} is not KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let trimmed = snapshot.trim_end_matches('/');
+    let (rest, last) = trimmed
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("snapshot: {snapshot:?} is not STORE/REGION[/SEQUENCE]"))?;
+    let number = last.strip_suffix(".manifest").unwrap_or(last);
+    let (store, region, sequence) = match number.parse::<u64>() {
+        Ok(sequence) => {
+            let (store, region) = rest.rsplit_once('/').ok_or_else(|| {
+                anyhow::anyhow!("snapshot: {snapshot:?} is not STORE/REGION/SEQUENCE")
+            })?;
+            (store, region, sequence)
+        }
+        Err(_) => (rest, last, 0),
+    };
+    anyhow::ensure!(
+        !store.is_empty() && !store.ends_with(':') && !store.ends_with(":/") && !region.is_empty(),
+        "snapshot: {snapshot:?} is not STORE/REGION[/SEQUENCE]"
+    );
+    Ok(RestoreRequest {
+        store: store.to_string(),
+        options,
+        region: region.to_string(),
+        sequence,
+    })
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotsCommand {
+    /// Every snapshot in the store, newest first, each checked by its checksum.
+    List,
+    /// What one snapshot holds.
+    Show {
+        /// Its sequence number; default: the newest whole one.
+        sequence: Option<u64>,
+    },
+    /// Write a snapshot now.
+    Create,
 }
 
 /// Runs one admin command against the coordinators at `coordinators`.
@@ -201,9 +268,199 @@ pub async fn run(
                 },
             );
         }
+        AdminCommand::Snapshots { command } => return snapshots(&channel, json, command).await,
+        AdminCommand::Restore { snapshot, options } => {
+            let request = restore_request(&snapshot, &options)?;
+            let restored = call(&channel, |mut c| {
+                let request = request.clone();
+                async move { c.restore(request).await }
+            })
+            .await?;
+            return print(
+                json,
+                json!({
+                    "snapshot": restored.snapshot.as_ref().map(snapshot_json),
+                    "pipelines": restored.pipelines,
+                    "partitions": restored.partitions,
+                    "checkpoints": restored.checkpoints,
+                }),
+                || {
+                    format!(
+                        "restored snapshot {} of region {}: {} pipelines, {} partitions, {} checkpoints\n",
+                        restored.snapshot.as_ref().map_or(0, |s| s.sequence),
+                        restored.snapshot.as_ref().map_or("", |s| s.region.as_str()),
+                        restored.pipelines,
+                        restored.partitions,
+                        restored.checkpoints
+                    )
+                },
+            );
+        }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+async fn snapshots(
+    channel: &LeaderChannel,
+    json: bool,
+    command: SnapshotsCommand,
+) -> anyhow::Result<()> {
+    match command {
+        SnapshotsCommand::List => {
+            let list = call(channel, |mut c| async move {
+                c.list_snapshots(ListSnapshotsRequest {}).await
+            })
+            .await?;
+            print(json, snapshot_list_json(&list), || render_snapshots(&list))
+        }
+        SnapshotsCommand::Show { sequence } => {
+            let sequence = sequence.unwrap_or(0);
+            let shown = call(channel, |mut c| async move {
+                c.show_snapshot(ShowSnapshotRequest { sequence }).await
+            })
+            .await?;
+            print(json, snapshot_show_json(&shown), || render_snapshot(&shown))
+        }
+        SnapshotsCommand::Create => {
+            let info = call(channel, |mut c| async move {
+                c.create_snapshot(CreateSnapshotRequest {}).await
+            })
+            .await?;
+            print(json, snapshot_json(&info), || {
+                render_snapshot_rows(std::slice::from_ref(&info))
+            })
+        }
+    }
+}
+
+fn snapshot_json(s: &SnapshotInfo) -> Value {
+    json!({
+        "sequence": s.sequence,
+        "region": s.region,
+        "taken_at_ms": s.taken_at_ms,
+        "age_ms": s.age_ms,
+        "raft_index": s.raft_index,
+        "raft_term": s.raft_term,
+        "written_by": s.written_by,
+        "size": s.size,
+        "sha256": s.sha256,
+        "pipelines": s.pipelines,
+        "partitions": s.partitions,
+        "valid": s.problem.is_empty(),
+        "problem": s.problem,
+    })
+}
+
+fn snapshot_list_json(l: &ListSnapshotsResponse) -> Value {
+    json!({
+        "store": l.store,
+        "interval_ms": l.interval_ms,
+        "last_error": l.last_error,
+        "last_encode_ms": l.last_encode_ms,
+        "last_write_ms": l.last_write_ms,
+        "snapshots": l.snapshots.iter().map(snapshot_json).collect::<Vec<_>>(),
+    })
+}
+
+fn snapshot_show_json(s: &ShowSnapshotResponse) -> Value {
+    json!({
+        "snapshot": s.snapshot.as_ref().map(snapshot_json),
+        "executors": s.executors,
+        "pipelines": s.pipelines.iter().map(|p| json!({
+            "name": p.name,
+            "version": p.version,
+            "partitions": p.partitions,
+            "checkpoints": p.checkpoints,
+            "paused": p.paused,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn render_snapshot_rows(snapshots: &[SnapshotInfo]) -> String {
+    let rows = snapshots
+        .iter()
+        .map(|s| {
+            let whole = s.problem.is_empty();
+            vec![
+                s.sequence.to_string(),
+                if whole {
+                    format!("{:.1}s", s.age_ms as f64 / 1000.0)
+                } else {
+                    String::new()
+                },
+                if whole {
+                    s.size.to_string()
+                } else {
+                    String::new()
+                },
+                if whole {
+                    s.pipelines.to_string()
+                } else {
+                    String::new()
+                },
+                if whole {
+                    s.partitions.to_string()
+                } else {
+                    String::new()
+                },
+                s.sha256.get(..12).unwrap_or_default().to_string(),
+                if whole {
+                    "whole".to_string()
+                } else {
+                    format!("BAD: {}", s.problem)
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SEQUENCE",
+            "AGE",
+            "BYTES",
+            "PIPELINES",
+            "PARTITIONS",
+            "SHA256",
+            "STATE",
+        ],
+        rows,
+    )
+}
+
+fn render_snapshots(l: &ListSnapshotsResponse) -> String {
+    let mut out = format!("store {}, a snapshot every {} ms\n", l.store, l.interval_ms);
+    if !l.last_error.is_empty() {
+        out.push_str(&format!("the last write failed: {}\n", l.last_error));
+    }
+    if l.snapshots.is_empty() {
+        out.push_str("no snapshots yet\n");
+    } else {
+        out.push_str(&render_snapshot_rows(&l.snapshots));
+    }
+    out
+}
+
+fn render_snapshot(s: &ShowSnapshotResponse) -> String {
+    let mut out = render_snapshot_rows(s.snapshot.as_slice());
+    out.push_str(&format!("{} executors\n", s.executors));
+    let rows = s
+        .pipelines
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.version.to_string(),
+                p.partitions.to_string(),
+                p.checkpoints.to_string(),
+                if p.paused { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["PIPELINE", "VERSION", "PARTITIONS", "CHECKPOINTS", "PAUSED"],
+        rows,
+    ));
+    out
 }
 
 enum Verb {
@@ -417,4 +674,34 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         out += &line(row.iter().map(String::as_str).collect());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_named_by_store_region_and_sequence() {
+        let r = restore_request("/srv/snap/east", &[]).unwrap();
+        assert_eq!(
+            (r.store.as_str(), r.region.as_str(), r.sequence),
+            ("/srv/snap", "east", 0)
+        );
+        let r = restore_request("s3://b/p/east/42", &["aws_region=x".into()]).unwrap();
+        assert_eq!(
+            (r.store.as_str(), r.region.as_str(), r.sequence),
+            ("s3://b/p", "east", 42)
+        );
+        assert_eq!(r.options["aws_region"], "x");
+        let r = restore_request("/s/east/00000000000000000007.manifest", &[]).unwrap();
+        assert_eq!(r.sequence, 7);
+        for bad in ["east", "s3://east", "/s/42"] {
+            let e = restore_request(bad, &[]).unwrap_err().to_string();
+            assert!(e.starts_with("snapshot:"), "{bad}: {e}");
+        }
+        let e = restore_request("/s/east", &["no-equals".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("option:"), "{e}");
+    }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mirador_executor::pipeline::{partition_count, Counts};
+use mirador_executor::watch::{watch, Rate};
 use mirador_executor::PipelineSpec;
 
 use crate::region::{all_ended, LocalRegion};
@@ -21,32 +22,30 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
     );
     region.create(yaml).await?;
     let started = std::time::Instant::now();
-    let requested = mirador_proto::shutdown::requested();
-    tokio::pin!(requested);
     // The end is looked for every 100 ms, so that the closing rate is close; progress is
-    // printed every second.
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    let mut last = (std::time::Instant::now(), 0u64);
-    let snapshots = loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = &mut requested => break region.agent.snapshots().await,
-        }
-        let snapshots = region.agent.snapshots().await;
-        if all_ended(&snapshots, partitions as usize) {
-            break snapshots;
-        }
-        if last.0.elapsed() < Duration::from_secs(1) {
-            continue;
-        }
-        let read = Counts::of(&snapshots).read;
-        let rate = (read - last.1.min(read)) as f64 / last.0.elapsed().as_secs_f64();
-        last = (std::time::Instant::now(), read);
-        eprintln!(
-            "  {:>6.1} s  {read:>10} events  {rate:>9.0} events/s",
-            started.elapsed().as_secs_f64()
-        );
-    };
+    // printed every second. At Ctrl-C the region is shut down at once.
+    let mut rate = Rate::every(Duration::from_secs(1));
+    watch(
+        Duration::from_millis(100),
+        async || {
+            let snapshots = region.agent.snapshots().await;
+            if all_ended(&snapshots, partitions as usize) {
+                return true;
+            }
+            if rate.due() {
+                let read = Counts::of(&snapshots).read;
+                let rate = rate.update(read);
+                eprintln!(
+                    "  {:>6.1} s  {read:>10} events  {rate:>9.0} events/s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            false
+        },
+        || None,
+    )
+    .await;
+    let snapshots = region.agent.snapshots().await;
     let elapsed = started.elapsed().as_secs_f64();
     let Counts {
         read,

@@ -62,6 +62,18 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         partitions: u32,
     },
+    /// How long a snapshot of a large region takes, and whether anything waits for it.
+    BenchSnapshot {
+        /// Pipelines in the region.
+        #[arg(long, default_value_t = 1000)]
+        pipelines: usize,
+        /// Partitions of each pipeline.
+        #[arg(long, default_value_t = 64)]
+        partitions: u32,
+        /// Snapshots taken.
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+    },
     /// Manage a region through its coordinators' admin API.
     Admin {
         /// host:port of the region's coordinators (any of them), comma-separated.
@@ -255,6 +267,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::cluster::bench_cluster(events, partitions).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::BenchSnapshot {
+            pipelines,
+            partitions,
+            runs,
+        } => {
+            bench::snapshot::bench_snapshot(pipelines, partitions, runs).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Executor(args) => {
             mirador_executor::node::run_executor(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -373,7 +393,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         (_, _, Some(topic)) => {
             let endpoint = pubsub_endpoint
-                .or_else(mirador_executor::spec::pubsub::emulator_from_env)
+                .or_else(mirador_connectors::pubsub::emulator_from_env)
                 .ok_or_else(|| {
                     anyhow::anyhow!("--pubsub-endpoint: needed (or PUBSUB_EMULATOR_HOST)")
                 })?;

@@ -41,6 +41,8 @@ impl LocalRegion {
             listener,
             CoordinatorConfig {
                 node_id: 1,
+                region: "local".into(),
+                snapshot: Default::default(),
                 listen,
                 advertise: address.clone(),
                 data_dir: data_dir.to_path_buf(),

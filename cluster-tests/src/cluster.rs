@@ -142,7 +142,20 @@ pub struct Region {
 impl Region {
     /// `coordinators` Raft voters; no executor yet.
     pub fn start(binary: &Path, coordinators: u64) -> Self {
+        Self::start_configured(binary, coordinators, "")
+    }
+
+    /// `coordinators` Raft voters, each given `config` as its config file (flags set the
+    /// id, addresses and data directory; the file may set the rest: `region:`,
+    /// `snapshot:`...). Empty: no file.
+    pub fn start_configured(binary: &Path, coordinators: u64, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("a scratch directory");
+        let config_file = dir.path().join("coordinator.yaml");
+        let mut extra = Vec::new();
+        if !config.is_empty() {
+            std::fs::write(&config_file, config).expect("the coordinators' config file");
+            extra = vec!["--config".to_string(), config_file.display().to_string()];
+        }
         let addresses: Vec<(u64, String)> = (1..=coordinators)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
@@ -154,7 +167,9 @@ impl Region {
         let coordinators = addresses
             .into_iter()
             .map(|(id, address)| {
-                CoordinatorNode::start(binary, dir.path(), id, address, &["--members", &members])
+                let mut args = vec!["--members", members.as_str()];
+                args.extend(extra.iter().map(String::as_str));
+                CoordinatorNode::start(binary, dir.path(), id, address, &args)
             })
             .collect();
         Region {

@@ -277,6 +277,92 @@ impl Drop for PubsubEmulator {
     }
 }
 
+/// Where `make moto` installs the S3-protocol server; `MIRADOR_MOTO` overrides it.
+pub fn moto() -> PathBuf {
+    let path = std::env::var_os("MIRADOR_MOTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/mirador/venv/bin/moto_server")
+        });
+    assert!(
+        path.is_file(),
+        "the S3-protocol server is missing: no {} (`make moto` installs moto[server] into \
+         the environment; or set MIRADOR_MOTO)",
+        path.display()
+    );
+    path
+}
+
+/// An S3-protocol server (moto, in memory) on loopback, killed when dropped. Clients give
+/// it static credentials: it checks none, and nothing looks for real ones.
+pub struct S3Server {
+    pub port: u16,
+    child: Child,
+}
+
+/// The static credentials the tests give every S3 client.
+pub const S3_ACCESS_KEY: &str = "mirador-test";
+pub const S3_SECRET_KEY: &str = "mirador-test-secret";
+
+impl S3Server {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(moto())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the S3-protocol server starts");
+        wait_for_child(&mut child, port, "the S3-protocol server (moto)");
+        S3Server { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (an S3 `PUT /bucket`), as an operator would before pointing a store
+    /// at it.
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {answer}"
+        );
+    }
+
+    /// `object_store` options of a store in `bucket` on this server.
+    pub fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint()),
+            ("aws_access_key_id", S3_ACCESS_KEY.to_string()),
+            ("aws_secret_access_key", S3_SECRET_KEY.to_string()),
+            ("aws_region", "us-east-1".to_string()),
+            ("aws_allow_http", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Every message of a topic, from its beginning to its end now: (value, headers).
 pub fn read_topic(
     brokers: &str,

@@ -6,15 +6,18 @@ use std::sync::Arc;
 
 use mirador_proto::admin::admin_server::Admin;
 use mirador_proto::admin::{
-    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, DeletePipelineResponse,
-    DrainNodeRequest, ListNodesRequest, ListNodesResponse, ListPipelinesRequest,
-    ListPipelinesResponse, Member, MemberRequest, NodeInfo, PartitionInfo, PipelineInfo,
-    PipelineRequest, PipelineSpecRequest,
+    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSnapshotRequest,
+    DeletePipelineResponse, DrainNodeRequest, ListNodesRequest, ListNodesResponse,
+    ListPipelinesRequest, ListPipelinesResponse, ListSnapshotsRequest, ListSnapshotsResponse,
+    Member, MemberRequest, NodeInfo, PartitionInfo, PipelineInfo, PipelineRequest,
+    PipelineSpecRequest, RestoreRequest, RestoreResponse, ShowSnapshotRequest,
+    ShowSnapshotResponse, SnapshotInfo,
 };
 use tonic::{Request, Response, Status};
 
 use crate::control::Observations;
 use crate::raft::RaftNode;
+use crate::snapshot::Snapshots;
 use crate::state::{ClusterState, Command, Outcome};
 use crate::status::{refused, write_error};
 
@@ -39,6 +42,7 @@ pub struct AdminEndpoint {
     raft: Arc<RaftNode>,
     observations: Observations,
     validator: Arc<dyn PipelineValidator>,
+    snapshots: Arc<Snapshots>,
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
@@ -92,11 +96,13 @@ impl AdminEndpoint {
         raft: Arc<RaftNode>,
         observations: Observations,
         validator: Arc<dyn PipelineValidator>,
+        snapshots: Arc<Snapshots>,
     ) -> Self {
         AdminEndpoint {
             raft,
             observations,
             validator,
+            snapshots,
         }
     }
 
@@ -464,6 +470,47 @@ impl Admin for AdminEndpoint {
             .map(|name| self.pipeline_info(&state, name))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(ListPipelinesResponse { pipelines }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        self.lead()?;
+        Ok(Response::new(
+            crate::snapshot::admin::list(&self.snapshots).await?,
+        ))
+    }
+
+    async fn show_snapshot(
+        &self,
+        request: Request<ShowSnapshotRequest>,
+    ) -> Result<Response<ShowSnapshotResponse>, Status> {
+        self.lead()?;
+        let sequence = request.into_inner().sequence;
+        Ok(Response::new(
+            crate::snapshot::admin::show(&self.snapshots, sequence).await?,
+        ))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<SnapshotInfo>, Status> {
+        self.lead()?;
+        Ok(Response::new(
+            crate::snapshot::admin::create(&self.snapshots, &self.raft).await?,
+        ))
+    }
+
+    async fn restore(
+        &self,
+        request: Request<RestoreRequest>,
+    ) -> Result<Response<RestoreResponse>, Status> {
+        self.lead()?;
+        Ok(Response::new(
+            crate::snapshot::admin::restore(&self.raft, request.into_inner()).await?,
+        ))
     }
 }
 

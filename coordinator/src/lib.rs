@@ -7,5 +7,6 @@ pub mod node;
 pub mod planner;
 pub mod raft;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod status;

@@ -17,6 +17,7 @@ use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
 use crate::control::ControlConfig;
 use crate::raft::RaftConfig;
 use crate::server::{Coordinator, CoordinatorConfig};
+use crate::snapshot::SnapshotFile;
 
 /// How a pipeline's partitions are counted (a Kafka topic's on its brokers): the
 /// connectors' registry, which the binary passes in; this library has no connector.
@@ -94,6 +95,9 @@ pub struct CoordinatorArgs {
     /// Executor lease, ms.
     #[arg(long)]
     lease_ms: Option<u64>,
+    /// The region this group runs; default: local.
+    #[arg(long)]
+    region: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -110,6 +114,9 @@ struct CoordinatorFile {
     max_moves: Option<usize>,
     /// Raft's timing and log compaction; each setting defaults on its own.
     raft: Option<RaftConfig>,
+    region: Option<String>,
+    /// Snapshots of the region's state; each setting defaults on its own.
+    snapshot: Option<SnapshotFile>,
 }
 
 pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -172,8 +179,16 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
     anyhow::ensure!(control.max_moves >= 1, "max_moves: must be at least 1");
     let raft = file.raft.unwrap_or_default();
     raft.validate().map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+    let region = args
+        .region
+        .or(file.region)
+        .unwrap_or_else(|| "local".into());
+    let snapshot = file.snapshot.unwrap_or_default();
+    snapshot.validate(&region)?;
     Ok(CoordinatorConfig {
         node_id,
+        region,
+        snapshot,
         listen,
         advertise,
         data_dir,
@@ -289,6 +304,33 @@ mod tests {
         std::fs::write(&file, "id: 3\nlisten_on: 127.0.0.1:7003\n").unwrap();
         let error = config(&["--config", path]).unwrap_err().to_string();
         assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn region_and_snapshot_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        let path = file.to_str().unwrap();
+        let base = "id: 3\nlisten: 127.0.0.1:7003\ndata_dir: /tmp/c3\n";
+        let with = |rest: &str| {
+            std::fs::write(&file, format!("{base}{rest}")).unwrap();
+            config(&["--config", path])
+        };
+        let defaults = with("").unwrap();
+        assert_eq!(defaults.region, "local");
+        assert_eq!(defaults.snapshot, SnapshotFile::default());
+        let tuned =
+            with("region: east\nsnapshot:\n  interval_ms: 1000\n  store: /srv/snap\n").unwrap();
+        assert_eq!(tuned.region, "east");
+        assert_eq!(tuned.snapshot.interval_ms, 1000);
+        assert_eq!(tuned.snapshot.keep, SnapshotFile::default().keep);
+        let error = |rest: &str| with(rest).unwrap_err().to_string();
+        assert!(error("snapshot:\n  interval_ms: 5\n").starts_with("snapshot.interval_ms"));
+        assert!(error("snapshot:\n  keep: 0\n").starts_with("snapshot.keep"));
+        assert!(error("snapshot:\n  every_ms: 5\n").contains("every_ms"));
+        assert!(error("region: a/b\n").starts_with("region"));
+        let flag_wins = config(&["--config", path, "--region", "west"]).unwrap();
+        assert_eq!(flag_wins.region, "west");
     }
 
     #[test]

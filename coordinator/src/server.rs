@@ -14,10 +14,13 @@ use crate::admin::{AdminEndpoint, PipelineValidator};
 use crate::control::{control_loop, ControlConfig, Observations};
 use crate::executors::ExecutorEndpoint;
 use crate::raft::{RaftConfig, RaftNode};
+use crate::snapshot::{SnapshotFile, Snapshots};
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
     pub node_id: u64,
+    /// The region this coordinator's group runs.
+    pub region: String,
     /// Where the gRPC port listens.
     pub listen: SocketAddr,
     /// `host:port` that peers, executors and operators use to reach it.
@@ -30,6 +33,8 @@ pub struct CoordinatorConfig {
     pub members: BTreeMap<u64, String>,
     pub control: ControlConfig,
     pub raft: RaftConfig,
+    /// Where and how often the leader writes the region's snapshots (opened at start).
+    pub snapshot: SnapshotFile,
 }
 
 /// The services a coordinator offers, over its Raft member, sharing what the leader
@@ -45,6 +50,7 @@ impl Endpoints {
         raft: &Arc<RaftNode>,
         control: &ControlConfig,
         validator: Arc<dyn PipelineValidator>,
+        snapshots: Arc<Snapshots>,
     ) -> Self {
         let observations = Observations::default();
         Endpoints {
@@ -57,6 +63,7 @@ impl Endpoints {
                 raft.clone(),
                 observations.clone(),
                 validator,
+                snapshots,
             )),
             observations,
         }
@@ -67,8 +74,10 @@ impl Endpoints {
 pub struct Coordinator {
     pub raft: Arc<RaftNode>,
     pub observations: Observations,
+    pub snapshots: Arc<Snapshots>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     control: tokio::task::JoinHandle<()>,
+    snapshot_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Coordinator {
@@ -99,7 +108,11 @@ impl Coordinator {
             )
             .await?,
         );
-        let endpoints = Endpoints::new(&raft, &config.control, validator);
+        let snapshot = config
+            .snapshot
+            .open(&config.region, &config.data_dir.join("snapshots"))?;
+        let snapshots = Arc::new(Snapshots::new(config.node_id, snapshot));
+        let endpoints = Endpoints::new(&raft, &config.control, validator, snapshots.clone());
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AdminServer<AdminEndpoint>>()
@@ -125,17 +138,22 @@ impl Coordinator {
             endpoints.observations.clone(),
             config.control.clone(),
         ));
+        let snapshot_writer =
+            tokio::spawn(crate::snapshot::writer(raft.clone(), snapshots.clone()));
         Ok(Coordinator {
             raft,
             observations: endpoints.observations,
+            snapshots,
             server,
             control,
+            snapshot_writer,
         })
     }
 
     /// Stops serving and leaves the group's traffic.
     pub async fn shutdown(self) {
         self.control.abort();
+        self.snapshot_writer.abort();
         self.server.abort();
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
@@ -161,6 +179,7 @@ impl InProcessCoordinator {
         control: ControlConfig,
         validator: Arc<dyn PipelineValidator>,
     ) -> anyhow::Result<Self> {
+        let snapshot = SnapshotFile::default().open("in-process", &data_dir.join("snapshots"))?;
         let router = crate::raft::testing::Router::new();
         let raft = Arc::new(
             RaftNode::start(
@@ -183,7 +202,8 @@ impl InProcessCoordinator {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let endpoints = Endpoints::new(&raft, &control, validator);
+        let snapshots = Arc::new(Snapshots::new(1, snapshot));
+        let endpoints = Endpoints::new(&raft, &control, validator, snapshots);
         let control = tokio::spawn(control_loop(raft.clone(), endpoints.observations, control));
         Ok(InProcessCoordinator {
             raft,

@@ -159,6 +159,13 @@ pub enum Command {
         epoch: u64,
         position: u64,
     },
+    /// A snapshot's pipelines and checkpoints come into a region that holds no pipeline.
+    /// Its partitions are unassigned, each with a new epoch above every epoch of the
+    /// snapshot's region and of this one, and are planned onto this region's executors;
+    /// the snapshot's executors (of another region, or gone) are not taken.
+    Restore {
+        state: Box<ClusterState>,
+    },
 }
 
 /// What applying a command produced.
@@ -278,7 +285,39 @@ impl ClusterState {
                 self.owned(pipeline, *partition, executor, *epoch)?;
                 self.commit_checkpoint(pipeline, *partition, *epoch, *position)
             }
+            Command::Restore { state } => self.restore(state),
         }
+    }
+
+    fn restore(&mut self, snapshot: &ClusterState) -> Result<Outcome, Refusal> {
+        if !self.pipelines.is_empty() {
+            return Err(Refusal::Invalid(FieldError::new(
+                "snapshot",
+                format!(
+                    "this region runs {} pipelines already: a snapshot is restored into a \
+                     region that holds none (delete them first)",
+                    self.pipelines.len()
+                ),
+            )));
+        }
+        self.pipelines = snapshot.pipelines.clone();
+        self.checkpoints = snapshot.checkpoints.clone();
+        self.last_epoch = self.last_epoch.max(snapshot.last_epoch);
+        self.assignments = snapshot
+            .assignments
+            .iter()
+            .map(|(key, a)| {
+                self.last_epoch += 1;
+                let assignment = Assignment {
+                    owner: None,
+                    epoch: self.last_epoch,
+                    target: None,
+                    finished: a.finished,
+                };
+                (key.clone(), assignment)
+            })
+            .collect();
+        Ok(Outcome::Done)
     }
 
     /// A new incarnation of `executor` (its `incarnation` is given here). It starts empty:
@@ -693,5 +732,48 @@ mod tests {
         });
         assign(&mut state, "b");
         assert!(state.assignments[&("p".to_string(), 0)].epoch > first + 1);
+    }
+
+    #[test]
+    fn a_snapshot_is_restored_only_into_an_empty_region_and_its_partitions_start_unowned() {
+        let mut snapshot = one_partition();
+        assign(&mut snapshot, "a");
+        let epoch = snapshot.assignments[&("p".to_string(), 0)].epoch;
+        assert_eq!(commit(&mut snapshot, "a", epoch, 700), Outcome::Done);
+
+        let mut region = ClusterState::default();
+        register(&mut region, "z");
+        let restore = Command::Restore {
+            state: Box::new(snapshot.clone()),
+        };
+        assert_eq!(region.apply(&restore), Outcome::Done);
+        assert_eq!(region.pipelines, snapshot.pipelines);
+        assert_eq!(region.checkpoints[&("p".to_string(), 0)].position, 700);
+        let a = &region.assignments[&("p".to_string(), 0)];
+        assert_eq!(
+            a.owner, None,
+            "the snapshot's executors are not this region's"
+        );
+        assert!(
+            a.epoch > snapshot.last_epoch,
+            "an old owner's commit is stale here"
+        );
+        assert_eq!(
+            region.executors.keys().collect::<Vec<_>>(),
+            ["z"],
+            "this region keeps its own executors"
+        );
+        assert!(matches!(
+            commit(&mut region, "a", epoch, 800),
+            Outcome::Refused(_)
+        ));
+
+        // A region with a pipeline refuses, and nothing changes.
+        let before = region.clone();
+        match region.apply(&restore) {
+            Outcome::Refused(Refusal::Invalid(e)) => assert_eq!(e.field, "snapshot"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(region, before);
     }
 }

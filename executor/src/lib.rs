@@ -9,6 +9,7 @@ pub mod infer;
 pub mod node;
 pub mod pipeline;
 pub mod run;
+pub mod watch;
 /// The connectors (sources, lookups, sinks), from their own crate (no libtorch).
 pub use mirador_connectors as connectors;
 pub use mirador_connectors::{event, sinks};

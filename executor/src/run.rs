@@ -10,10 +10,9 @@ use mirador_actors::{
 };
 use serde::Serialize;
 
-use mirador_proto::shutdown;
-
 use crate::checkpoint_store::FileCheckpointStore;
 use crate::pipeline::{Counts, PartitionFactory, PipelineResources, StageId};
+use crate::watch::{watch, Rate};
 
 /// How long a run drains after SIGINT or SIGTERM before it gives up and exits non-zero:
 /// below the 30 s that Docker and Kubernetes wait before they kill.
@@ -196,7 +195,7 @@ impl PipelineRun {
     }
 
     /// One line of live progress.
-    pub fn progress_line(&self, last: &mut (Instant, u64)) -> String {
+    pub fn progress_line(&self, rate: &mut Rate) -> String {
         let snapshots = self.snapshots();
         let Counts {
             read: events_in,
@@ -204,9 +203,7 @@ impl PipelineRun {
             ..
         } = Counts::of(&snapshots);
         let dead: u64 = self.resources.reasons.snapshot().values().sum();
-        let now = Instant::now();
-        let rate = (events_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
-        *last = (now, events_in);
+        let rate = rate.update(events_in);
         // The source has no input queue.
         let queues: Vec<String> = StageId::ALL[1..]
             .iter()
@@ -233,28 +230,22 @@ impl PipelineRun {
     /// Waits for every partition to end (a bounded source exhausted, or a stop), printing
     /// progress as asked, and reports.
     pub async fn wait(self, options: &RunOptions) -> RunReport {
-        let mut last = (Instant::now(), 0);
-        let mut ticker = tokio::time::interval(Duration::from_millis(10));
-        let mut requested = std::pin::pin!(shutdown::requested());
-        // Set at SIGINT or SIGTERM: the end of the grace period for the drain.
-        let mut drain_until: Option<Instant> = None;
-        while !self.is_finished() {
-            if drain_until.is_some_and(|until| Instant::now() >= until) {
-                break;
-            }
-            tokio::select! {
-                _ = ticker.tick() => {
-                    if options.progress.is_some_and(|every| last.0.elapsed() >= every) {
-                        eprintln!("{}", self.progress_line(&mut last));
-                    }
+        let mut rate = options.progress.map(Rate::every);
+        watch(
+            Duration::from_millis(10),
+            async || {
+                if let Some(rate) = rate.as_mut().filter(|rate| rate.due()) {
+                    eprintln!("{}", self.progress_line(rate));
                 }
-                _ = &mut requested, if drain_until.is_none() => {
-                    eprintln!("interrupted: draining what is in flight");
-                    drain_until = Some(Instant::now() + DRAIN_GRACE);
-                    self.stop();
-                }
-            }
-        }
+                self.is_finished()
+            },
+            || {
+                eprintln!("interrupted: draining what is in flight");
+                self.stop();
+                Some(DRAIN_GRACE)
+            },
+        )
+        .await;
         let drained = self.is_finished();
         let elapsed = self.started.elapsed();
         let snapshots = self.snapshots();

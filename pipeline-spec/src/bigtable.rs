@@ -86,14 +86,6 @@ impl BigtableSpec {
         Ok(())
     }
 
-    /// The emulator to use, if any: the spec's endpoint, else `BIGTABLE_EMULATOR_HOST`.
-    pub fn emulator(&self) -> Option<String> {
-        self.endpoint
-            .clone()
-            .or_else(|| std::env::var("BIGTABLE_EMULATOR_HOST").ok())
-            .filter(|e| !e.is_empty())
-    }
-
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }

@@ -126,12 +126,6 @@ impl PubsubSourceSpec {
             self.project, self.subscription
         )
     }
-
-    /// The emulator's `http://host:port`, or another endpoint, if any: the spec's
-    /// `endpoint`, else `PUBSUB_EMULATOR_HOST`. `None`: Google Cloud.
-    pub fn resolved_endpoint(&self) -> Option<String> {
-        resolve_endpoint(self.endpoint.as_ref())
-    }
 }
 
 impl PubsubSinkSpec {
@@ -147,24 +141,4 @@ impl PubsubSinkSpec {
     pub fn topic_path(&self) -> String {
         format!("projects/{}/topics/{}", self.project, self.topic)
     }
-
-    /// The emulator's `http://host:port`, or another endpoint, if any: the spec's
-    /// `endpoint`, else `PUBSUB_EMULATOR_HOST`. `None`: Google Cloud.
-    pub fn resolved_endpoint(&self) -> Option<String> {
-        resolve_endpoint(self.endpoint.as_ref())
-    }
-}
-
-/// The spec's endpoint, else the `PUBSUB_EMULATOR_HOST` emulator's.
-fn resolve_endpoint(endpoint: Option<&String>) -> Option<String> {
-    endpoint.cloned().or_else(emulator_from_env)
-}
-
-/// `http://` + `PUBSUB_EMULATOR_HOST` when it is set and not empty: the one place that
-/// reads it.
-pub fn emulator_from_env() -> Option<String> {
-    std::env::var("PUBSUB_EMULATOR_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .map(|host| format!("http://{host}"))
 }

@@ -28,3 +28,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mira
 pub mod raft {
     tonic::include_proto!("mirador.raft.v1");
 }
+
+pub mod snapshot {
+    tonic::include_proto!("mirador.snapshot.v1");
+}

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod connectors;
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -17,8 +17,7 @@ use crate::file::{FeatureCsv, FeatureRow};
 /// Creates the spec's table with its column family on an emulator; an existing table is
 /// left as it is. (On Google Cloud, tables are made by the platform's own tooling.)
 pub async fn create_table(spec: &BigtableSpec) -> anyhow::Result<()> {
-    let endpoint = spec
-        .emulator()
+    let endpoint = super::emulator(spec)
         .ok_or_else(|| anyhow::anyhow!("creating tables needs an emulator endpoint"))?;
     let channel = tonic::transport::Channel::from_shared(format!("http://{endpoint}"))?
         .connect()

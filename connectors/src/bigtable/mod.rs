@@ -13,9 +13,18 @@ pub use lookup::BigtableLookup;
 pub use mirador_spec::bigtable::BigtableSpec;
 pub use sink::BigtableSink;
 
+/// The emulator to use, if any: the spec's endpoint, else `BIGTABLE_EMULATOR_HOST` when it
+/// is set and not empty (the one place that reads it).
+fn emulator(spec: &BigtableSpec) -> Option<String> {
+    spec.endpoint
+        .clone()
+        .or_else(|| std::env::var("BIGTABLE_EMULATOR_HOST").ok())
+        .filter(|e| !e.is_empty())
+}
+
 /// A client. Connections are made lazily: a store that is down shows on first use.
 pub async fn connect(spec: &BigtableSpec, read_only: bool) -> anyhow::Result<BigTable> {
-    let connection = match spec.emulator() {
+    let connection = match emulator(spec) {
         Some(endpoint) => BigTableConnection::new_with_emulator(
             &endpoint,
             &spec.project,

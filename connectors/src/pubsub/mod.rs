@@ -20,9 +20,24 @@ struct Connection {
     credentials: Option<Credentials>,
 }
 
-/// `endpoint` as a spec resolves it ([`PubsubSourceSpec::resolved_endpoint`]).
-fn connection(endpoint: Option<String>) -> Connection {
-    match endpoint {
+/// The endpoint a spec names, else the emulator of `PUBSUB_EMULATOR_HOST`; `None`: Google
+/// Cloud.
+fn endpoint(named: Option<&String>) -> Option<String> {
+    named.cloned().or_else(emulator_from_env)
+}
+
+/// `http://` + `PUBSUB_EMULATOR_HOST` when it is set and not empty: the one place that
+/// reads it.
+pub fn emulator_from_env() -> Option<String> {
+    std::env::var("PUBSUB_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("http://{host}"))
+}
+
+/// How to reach the endpoint a spec names (see [`endpoint`]).
+fn connection(named: Option<&String>) -> Connection {
+    match endpoint(named) {
         // An emulator takes no credentials.
         Some(endpoint) if endpoint.starts_with("http://") => Connection {
             endpoint: Some(endpoint),

@@ -18,7 +18,7 @@ pub struct PubsubSink {
 
 impl PubsubSink {
     pub async fn connect(spec: &PubsubSinkSpec, source: String) -> anyhow::Result<Self> {
-        let connection = super::connection(spec.resolved_endpoint());
+        let connection = super::connection(spec.endpoint.as_ref());
         let mut builder = Publisher::builder(spec.topic_path());
         if let Some(endpoint) = connection.endpoint {
             builder = builder.with_endpoint(endpoint);

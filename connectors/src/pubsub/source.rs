@@ -45,7 +45,7 @@ impl PubsubSource {
         batch_records: usize,
         resume: Option<Position>,
     ) -> Result<Self, StageError> {
-        let connection = super::connection(spec.resolved_endpoint());
+        let connection = super::connection(spec.endpoint.as_ref());
         let mut builder = Subscriber::builder();
         if let Some(endpoint) = connection.endpoint {
             builder = builder.with_endpoint(endpoint);

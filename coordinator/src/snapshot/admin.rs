@@ -1,0 +1,176 @@
+//! The admin API's snapshot calls: `snapshots list|show|create`.
+
+use mirador_proto::admin::{
+    ListSnapshotsResponse, RestoreRequest, RestoreResponse, ShowSnapshotResponse, SnapshotInfo,
+    SnapshotPipeline,
+};
+use mirador_proto::snapshot as pb;
+use tonic::Status;
+
+use super::format::hex;
+use super::store::{SnapshotStore, StoreConfig, StoreWithOptions};
+use super::{age_ms, Invalid, Snapshots};
+use crate::raft::RaftNode;
+use crate::state::{ClusterState, Command, Outcome};
+use crate::status::{invalid, refused, write_error};
+
+fn unavailable(error: anyhow::Error) -> Status {
+    Status::unavailable(format!("{error:#}"))
+}
+
+pub fn info(
+    sequence: u64,
+    manifest: Option<&pb::Manifest>,
+    problem: Option<&Invalid>,
+) -> SnapshotInfo {
+    let mut info = SnapshotInfo {
+        sequence,
+        problem: problem.map(ToString::to_string).unwrap_or_default(),
+        ..SnapshotInfo::default()
+    };
+    if let Some(m) = manifest {
+        info.region = m.region.clone();
+        info.taken_at_ms = m.taken_at_ms;
+        info.age_ms = age_ms(m.taken_at_ms);
+        info.raft_index = m.raft_index;
+        info.raft_term = m.raft_term;
+        info.written_by = m.written_by;
+        info.size = m.body_len;
+        info.sha256 = hex(&m.body_sha256);
+        info.pipelines = m.pipelines;
+        info.partitions = m.partitions;
+    }
+    info
+}
+
+pub async fn list(snapshots: &Snapshots) -> Result<ListSnapshotsResponse, Status> {
+    let listed = snapshots.store().list().await.map_err(unavailable)?;
+    let last = snapshots.last();
+    Ok(ListSnapshotsResponse {
+        store: snapshots.store().url().to_string(),
+        interval_ms: snapshots.interval().as_millis() as u64,
+        snapshots: listed
+            .iter()
+            .map(|l| info(l.sequence, l.manifest.as_ref(), l.problem.as_ref()))
+            .collect(),
+        last_error: snapshots.last_error().unwrap_or_default(),
+        last_encode_ms: last.as_ref().map_or(0, |w| w.encode.as_millis() as u64),
+        last_write_ms: last.as_ref().map_or(0, |w| w.write.as_millis() as u64),
+    })
+}
+
+fn contents(manifest: &pb::Manifest, state: &ClusterState) -> ShowSnapshotResponse {
+    ShowSnapshotResponse {
+        snapshot: Some(info(manifest.sequence, Some(manifest), None)),
+        pipelines: state
+            .pipelines
+            .values()
+            .map(|p| SnapshotPipeline {
+                name: p.name.clone(),
+                version: p.version,
+                partitions: p.partitions,
+                checkpoints: state
+                    .checkpoints
+                    .keys()
+                    .filter(|(name, _)| name == &p.name)
+                    .count() as u32,
+                paused: p.paused,
+            })
+            .collect(),
+        executors: state.executors.len() as u32,
+    }
+}
+
+/// `sequence` 0: the newest whole snapshot.
+pub async fn show(snapshots: &Snapshots, sequence: u64) -> Result<ShowSnapshotResponse, Status> {
+    let store = snapshots.store();
+    if sequence == 0 {
+        let (newest, _) = store.newest_valid().await.map_err(unavailable)?;
+        let (manifest, state) = newest.ok_or_else(|| {
+            Status::not_found(format!("sequence: {} holds no whole snapshot", store.url()))
+        })?;
+        return Ok(contents(&manifest, &state));
+    }
+    match store.read(sequence).await.map_err(unavailable)? {
+        Ok((manifest, state)) => Ok(contents(&manifest, &state)),
+        Err(Invalid::Uncommitted) => Err(Status::not_found(format!(
+            "sequence: no snapshot {sequence} in {}",
+            store.url()
+        ))),
+        Err(problem) => Err(Status::data_loss(format!(
+            "sequence: snapshot {sequence} cannot be restored: {problem}"
+        ))),
+    }
+}
+
+pub async fn create(snapshots: &Snapshots, raft: &RaftNode) -> Result<SnapshotInfo, Status> {
+    let written = snapshots
+        .take(raft, true)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Status::internal("a forced snapshot wrote nothing"))?;
+    Ok(info(
+        written.manifest.sequence,
+        Some(&written.manifest),
+        None,
+    ))
+}
+
+/// Reads the snapshot a restore names, checked whole; writes nothing.
+pub async fn read_for_restore(
+    request: RestoreRequest,
+) -> Result<(pb::Manifest, ClusterState), Status> {
+    if request.store.trim().is_empty() {
+        return Err(invalid(&mirador_spec::FieldError::new("store", "is empty")));
+    }
+    let config = StoreConfig::WithOptions(StoreWithOptions {
+        url: request.store,
+        options: request.options.into_iter().collect(),
+    });
+    let store = SnapshotStore::open(&config, &request.region, "store").map_err(|e| invalid(&e))?;
+    let sequence = request.sequence;
+    if sequence == 0 {
+        let (newest, skipped) = store.newest_valid().await.map_err(unavailable)?;
+        return newest.ok_or_else(|| {
+            Status::not_found(format!(
+                "region: {} holds no whole snapshot of region {:?}{}",
+                store.url(),
+                store.region(),
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} that cannot be restored)", skipped.len())
+                }
+            ))
+        });
+    }
+    match store.read(sequence).await.map_err(unavailable)? {
+        Ok(snapshot) => Ok(snapshot),
+        Err(Invalid::Uncommitted) => Err(Status::not_found(format!(
+            "sequence: no snapshot {sequence} of region {:?} in {}",
+            store.region(),
+            store.url()
+        ))),
+        Err(problem) => Err(Status::data_loss(format!(
+            "sequence: snapshot {sequence} cannot be restored: {problem}"
+        ))),
+    }
+}
+
+/// Restores the snapshot `request` names into the region `raft` leads.
+pub async fn restore(raft: &RaftNode, request: RestoreRequest) -> Result<RestoreResponse, Status> {
+    let (manifest, state) = read_for_restore(request).await?;
+    let response = RestoreResponse {
+        snapshot: Some(info(manifest.sequence, Some(&manifest), None)),
+        pipelines: state.pipelines.len() as u32,
+        partitions: state.assignments.len() as u32,
+        checkpoints: state.checkpoints.len() as u32,
+    };
+    let command = Command::Restore {
+        state: Box::new(state),
+    };
+    match raft.write(command).await.map_err(write_error)? {
+        Outcome::Refused(refusal) => Err(refused(refusal)),
+        _ => Ok(response),
+    }
+}

@@ -1,0 +1,284 @@
+//! Snapshots of a region's whole coordinator state in object storage, from which a region
+//! is restored or the other region takes over.
+//!
+//! - [`format`]: the stored form (`snapshot.proto`): a protobuf body and a manifest with
+//!   its length and SHA-256.
+//! - [`store`]: a local directory, S3 or GCS; the body is written first and the manifest
+//!   created last with `PutMode::Create`, so no reader sees half a snapshot; retention
+//!   keeps the newest N.
+//! - [`Snapshots`] and [`writer`]: the leader writes one every interval (when the state
+//!   moved), from the state the Raft state machine already published: encoding runs on a
+//!   blocking thread and never holds up the apply loop or a heartbeat.
+
+pub mod admin;
+pub mod format;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mirador_proto::snapshot as pb;
+use mirador_proto::sync::Locked;
+use serde::Deserialize;
+
+pub use self::format::Invalid;
+pub use self::store::{Listed, SnapshotStore, StoreConfig};
+use crate::raft::RaftNode;
+
+/// `snapshot:` in a coordinator's config file; each setting defaults on its own.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotFile {
+    /// How often the leader writes one, ms.
+    pub interval_ms: u64,
+    /// How many committed snapshots the store keeps.
+    pub keep: usize,
+    /// Where: a directory, or `{url, options}` for S3 or GCS. Default: `snapshots` in the
+    /// node's data directory (each coordinator its own: name a shared store for a region).
+    pub store: Option<StoreConfig>,
+}
+
+impl Default for SnapshotFile {
+    fn default() -> Self {
+        SnapshotFile {
+            interval_ms: 5_000,
+            keep: 10,
+            store: None,
+        }
+    }
+}
+
+/// What the writer needs: the interval, the retention and the store, checked.
+#[derive(Clone)]
+pub struct SnapshotConfig {
+    pub interval: Duration,
+    pub keep: usize,
+    pub store: SnapshotStore,
+}
+
+impl SnapshotFile {
+    /// Checks the settings that need no store.
+    pub fn validate(&self, region: &str) -> Result<(), mirador_spec::FieldError> {
+        use mirador_spec::FieldError;
+        if region.is_empty() || region.contains('/') {
+            return Err(FieldError::new(
+                "region",
+                format!("{region:?} is not a region name (not empty, no '/')"),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return Err(FieldError::new(
+                "snapshot.interval_ms",
+                format!("{} is invalid: between 100 and 3600000", self.interval_ms),
+            ));
+        }
+        if !(1..=10_000).contains(&self.keep) {
+            return Err(FieldError::new(
+                "snapshot.keep",
+                format!("{} is invalid: between 1 and 10000", self.keep),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and opens the store for `region` (`default_dir` when none is
+    /// named).
+    pub fn open(
+        &self,
+        region: &str,
+        default_dir: &std::path::Path,
+    ) -> Result<SnapshotConfig, mirador_spec::FieldError> {
+        self.validate(region)?;
+        let store = match &self.store {
+            Some(store) => store.clone(),
+            None => StoreConfig::Url(default_dir.display().to_string()),
+        };
+        Ok(SnapshotConfig {
+            interval: Duration::from_millis(self.interval_ms),
+            keep: self.keep,
+            store: SnapshotStore::open(&store, region, "snapshot.store")?,
+        })
+    }
+}
+
+/// A snapshot this node wrote.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub manifest: pb::Manifest,
+    /// Encoding and checksumming the state.
+    pub encode: Duration,
+    /// Writing body and manifest, and pruning.
+    pub write: Duration,
+    pub at: Instant,
+}
+
+/// What the writer remembers between snapshots.
+#[derive(Default)]
+struct Cursor {
+    /// The next sequence number, learnt from the store when this node began to lead.
+    next: Option<u64>,
+    /// The log index of the last snapshot written: an unchanged state is not written again.
+    last_index: Option<u64>,
+}
+
+/// A region's snapshots, as its coordinators write and read them.
+pub struct Snapshots {
+    node_id: u64,
+    config: SnapshotConfig,
+    /// One write at a time (the interval's and an operator's).
+    cursor: tokio::sync::Mutex<Cursor>,
+    last: Mutex<Option<Written>>,
+    last_error: Mutex<Option<String>>,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since `taken_at_ms` (Unix ms), on this node's clock.
+pub fn age_ms(taken_at_ms: u64) -> u64 {
+    unix_ms(SystemTime::now()).saturating_sub(taken_at_ms)
+}
+
+impl Snapshots {
+    pub fn new(node_id: u64, config: SnapshotConfig) -> Self {
+        Snapshots {
+            node_id,
+            config,
+            cursor: tokio::sync::Mutex::new(Cursor::default()),
+            last: Mutex::new(None),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn store(&self) -> &SnapshotStore {
+        &self.config.store
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    /// The last snapshot this node wrote.
+    pub fn last(&self) -> Option<Written> {
+        self.last.locked().clone()
+    }
+
+    /// Why the last attempt failed, until one succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.locked().clone()
+    }
+
+    /// Forgets what it learnt while leading: a node that leads again asks the store.
+    async fn step_down(&self) {
+        *self.cursor.lock().await = Cursor::default();
+    }
+
+    /// Writes a snapshot of the state `raft` has applied. `force`: even when the state did
+    /// not move since the last one. `Ok(None)`: nothing to write.
+    pub async fn take(&self, raft: &RaftNode, force: bool) -> anyhow::Result<Option<Written>> {
+        let result = self.try_take(raft, force).await;
+        match &result {
+            Ok(Some(written)) => {
+                *self.last.locked() = Some(written.clone());
+                *self.last_error.locked() = None;
+            }
+            Ok(None) => {}
+            Err(e) => *self.last_error.locked() = Some(format!("{e:#}")),
+        }
+        result
+    }
+
+    async fn try_take(&self, raft: &RaftNode, force: bool) -> anyhow::Result<Option<Written>> {
+        let mut cursor = self.cursor.lock().await;
+        // The index first: the state read after it is at least as new.
+        let metrics = raft.metrics();
+        let index = metrics.last_applied.unwrap_or(0);
+        if !force && cursor.last_index == Some(index) {
+            return Ok(None);
+        }
+        let state = raft.state();
+        let taken_at_ms = unix_ms(SystemTime::now());
+        let started = Instant::now();
+        let encoded = tokio::task::spawn_blocking(move || format::encode(&state)).await?;
+        let encode = started.elapsed();
+        let store = &self.config.store;
+        // Twice at most: another writer may have taken the number this node had.
+        for _ in 0..2 {
+            let sequence = match cursor.next {
+                Some(next) => next,
+                None => store.next_sequence().await?,
+            };
+            let manifest = pb::Manifest {
+                format_version: format::FORMAT_VERSION,
+                region: store.region().to_string(),
+                sequence,
+                taken_at_ms,
+                raft_index: index,
+                raft_term: metrics.term,
+                written_by: self.node_id,
+                body: String::new(),
+                body_len: encoded.body.len() as u64,
+                body_sha256: encoded.sha256.clone(),
+                pipelines: encoded.pipelines,
+                partitions: encoded.partitions,
+            };
+            let write_started = Instant::now();
+            let Some(manifest) = store.write(manifest, encoded.body.clone()).await? else {
+                cursor.next = None;
+                continue;
+            };
+            cursor.next = Some(sequence + 1);
+            cursor.last_index = Some(index);
+            if let Err(error) = store.prune(self.config.keep).await {
+                tracing::warn!(%error, "old snapshots were not removed");
+            }
+            return Ok(Some(Written {
+                manifest,
+                encode,
+                write: write_started.elapsed(),
+                at: Instant::now(),
+            }));
+        }
+        anyhow::bail!(
+            "{}: another coordinator writes this region's snapshots (its sequence numbers \
+             were taken twice)",
+            store.url()
+        )
+    }
+}
+
+/// The leader's writer: a snapshot every interval while this node leads a quorum.
+pub async fn writer(raft: Arc<RaftNode>, snapshots: Arc<Snapshots>) {
+    let mut tick = tokio::time::interval(snapshots.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = false;
+    loop {
+        tick.tick().await;
+        if !raft.leads_a_quorum() {
+            if leading {
+                snapshots.step_down().await;
+                leading = false;
+            }
+            continue;
+        }
+        leading = true;
+        match snapshots.take(&raft, false).await {
+            Ok(Some(w)) => tracing::debug!(
+                sequence = w.manifest.sequence,
+                bytes = w.manifest.body_len,
+                encode_ms = w.encode.as_millis() as u64,
+                write_ms = w.write.as_millis() as u64,
+                "snapshot written"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(error = %format!("{error:#}"), "snapshot not written"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,49 @@
+//! States and snapshot writes for the tests of stores (a directory here, S3 in
+//! `coordinator/tests`).
+
+use bytes::Bytes;
+use mirador_proto::snapshot as pb;
+
+use super::format;
+use super::store::SnapshotStore;
+use crate::state::{ClusterState, Command};
+
+/// A state with `n` pipelines of `partitions` partitions each.
+pub fn state(n: usize, partitions: u32) -> ClusterState {
+    let mut state = ClusterState::default();
+    for i in 0..n {
+        state.apply(&Command::PutPipeline {
+            name: format!("p{i}"),
+            spec: format!("name: p{i}\n"),
+            partitions,
+            gpu: false,
+        });
+    }
+    state
+}
+
+/// Writes `state` as snapshot `sequence` by coordinator `writer`; whether it was committed.
+pub async fn write(
+    store: &SnapshotStore,
+    sequence: u64,
+    writer: u64,
+    state: &ClusterState,
+) -> bool {
+    let encoded = format::encode(state);
+    let manifest = pb::Manifest {
+        format_version: format::FORMAT_VERSION,
+        region: store.region().to_string(),
+        sequence,
+        written_by: writer,
+        body_len: encoded.body.len() as u64,
+        body_sha256: encoded.sha256,
+        pipelines: encoded.pipelines,
+        partitions: encoded.partitions,
+        ..Default::default()
+    };
+    store
+        .write(manifest, Bytes::clone(&encoded.body))
+        .await
+        .unwrap()
+        .is_some()
+}
