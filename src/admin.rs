@@ -9,7 +9,8 @@ use mirador_proto::admin::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSnapshotRequest,
     DrainNodeRequest, ListNodesRequest, ListPipelinesRequest, ListSnapshotsRequest,
     ListSnapshotsResponse, MemberRequest, NodeInfo, PipelineInfo, PipelineRequest,
-    PipelineSpecRequest, RestoreRequest, ShowSnapshotRequest, ShowSnapshotResponse, SnapshotInfo,
+    PipelineSpecRequest, RegionsRequest, RegionsResponse, RestoreRequest, ShowSnapshotRequest,
+    ShowSnapshotResponse, SnapshotInfo,
 };
 use mirador_proto::leader::LeaderChannel;
 use serde_json::{json, Value};
@@ -82,6 +83,8 @@ pub enum AdminCommand {
     },
     /// Every pipeline.
     Pipelines,
+    /// This region and the other: snapshots, their copies, and the other's newest.
+    Regions,
     /// The region's snapshots in its object store.
     Snapshots {
         #[command(subcommand)]
@@ -269,6 +272,13 @@ pub async fn run(
             );
         }
         AdminCommand::Snapshots { command } => return snapshots(&channel, json, command).await,
+        AdminCommand::Regions => {
+            let regions = call(&channel, |mut c| async move {
+                c.regions(RegionsRequest {}).await
+            })
+            .await?;
+            return print(json, regions_json(&regions), || render_regions(&regions));
+        }
         AdminCommand::Restore { snapshot, options } => {
             let request = restore_request(&snapshot, &options)?;
             let restored = call(&channel, |mut c| {
@@ -350,6 +360,60 @@ fn snapshot_json(s: &SnapshotInfo) -> Value {
         "valid": s.problem.is_empty(),
         "problem": s.problem,
     })
+}
+
+fn regions_json(r: &RegionsResponse) -> Value {
+    json!({
+        "region": r.region,
+        "leader_id": r.leader_id,
+        "leader_address": r.leader_address,
+        "store": r.store,
+        "newest_snapshot": r.newest_snapshot.as_ref().map(snapshot_json),
+        "peer_region": r.peer_region,
+        "peer_store": r.peer_store,
+        "copied_sequence": r.copied_sequence,
+        "copy_lag_ms": r.copy_lag_ms,
+        "copies_behind": r.copies_behind,
+        "copy_error": r.copy_error,
+        "peer_snapshot": r.peer_snapshot.as_ref().map(snapshot_json),
+    })
+}
+
+fn render_regions(r: &RegionsResponse) -> String {
+    let age = |s: &Option<SnapshotInfo>| match s {
+        Some(s) => format!(
+            "{} ({:.1} s old, {} bytes)",
+            s.sequence,
+            s.age_ms as f64 / 1000.0,
+            s.size
+        ),
+        None => "none yet".to_string(),
+    };
+    let mut out = format!(
+        "region {}: leader {} ({}), store {}\n  newest snapshot {}\n",
+        r.region,
+        r.leader_id,
+        r.leader_address,
+        r.store,
+        age(&r.newest_snapshot)
+    );
+    if r.peer_region.is_empty() {
+        out.push_str("  no other region configured (snapshot.peer)\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "  copied to region {} ({}): up to {}, {} behind, {} ms after its commit\n",
+        r.peer_region, r.peer_store, r.copied_sequence, r.copies_behind, r.copy_lag_ms
+    ));
+    if !r.copy_error.is_empty() {
+        out.push_str(&format!("  the last copy failed: {}\n", r.copy_error));
+    }
+    out.push_str(&format!(
+        "region {}: newest whole snapshot here {}\n",
+        r.peer_region,
+        age(&r.peer_snapshot)
+    ));
+    out
 }
 
 fn snapshot_list_json(l: &ListSnapshotsResponse) -> Value {

@@ -265,3 +265,86 @@ fn a_snapshot_restored_into_an_empty_region_resumes_at_its_checkpoints() {
         );
     }
 }
+
+#[test]
+fn each_snapshot_is_copied_to_the_other_region_which_catalogues_its_newest() {
+    let binary = mirador();
+    let binary = std::path::Path::new(&binary);
+    let (east_store, west_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |name: &str, own: &tempfile::TempDir, peer: &str, other: &tempfile::TempDir| {
+        format!(
+            "region: {name}\nsnapshot:\n  interval_ms: 200\n  store: {}\n  peer:\n    region: {peer}\n    store: {}\n",
+            own.path().display(),
+            other.path().display()
+        )
+    };
+    let east =
+        Region::start_configured(binary, 1, &config("east", &east_store, "west", &west_store));
+    let west =
+        Region::start_configured(binary, 1, &config("west", &west_store, "east", &east_store));
+    east.wait_for("a leader in east", Duration::from_secs(20), || {
+        east.leader()
+    });
+    west.wait_for("a leader in west", Duration::from_secs(20), || {
+        west.leader()
+    });
+    let spec = east.dir.path().join("gen.yaml");
+    std::fs::write(
+        &spec,
+        SpecYaml {
+            name: "gen",
+            source: "  generator:\n    partitions: 3\n    customers: 1000",
+            sink: "  \"null\": {}",
+            dead_letter: "  \"null\": {}",
+            ..SpecYaml::default()
+        }
+        .yaml(),
+    )
+    .unwrap();
+    east.admin(&["create", spec.to_str().unwrap()]).unwrap();
+
+    for _ in 0..2 {
+        let created = east.admin(&["snapshots", "create"]).unwrap();
+        let sequence = created["sequence"].as_u64().unwrap();
+        // East copied it into west's store, and says so.
+        let regions = east.wait_for(
+            "the copy of the new snapshot",
+            Duration::from_secs(10),
+            || {
+                let r = east.admin(&["regions"]).ok()?;
+                (r["copied_sequence"].as_u64()? >= sequence).then_some(r)
+            },
+        );
+        assert_eq!(regions["region"], "east");
+        assert_eq!(regions["peer_region"], "west");
+        assert_eq!(regions["copy_error"], "", "{regions}");
+        // West found it whole in its own store and recorded it in its Raft state.
+        let seen = west.wait_for("west's catalogue of it", Duration::from_secs(10), || {
+            let r = west.admin(&["regions"]).ok()?;
+            let peer = r["peer_snapshot"].clone();
+            (peer["sequence"].as_u64()? >= sequence).then_some(peer)
+        });
+        assert_eq!(seen["region"], "east");
+        assert_eq!(seen["pipelines"], 1);
+        assert_eq!(seen["partitions"], 3);
+        assert!(seen["age_ms"].as_u64().unwrap() < 10_000, "{seen}");
+        if seen["sequence"] == created["sequence"] {
+            assert_eq!(
+                seen["sha256"], created["sha256"],
+                "the copy is the same snapshot"
+            );
+        }
+    }
+    // What west catalogued, it can restore: the copy reads whole from west's own store.
+    let shown = west.admin(&["regions"]).unwrap();
+    let sequence = shown["peer_snapshot"]["sequence"].as_u64().unwrap();
+    let body = std::fs::read_dir(west_store.path().join("east"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{sequence:020}."))
+        });
+    assert!(body, "the copy lies in west's store under east/");
+}

@@ -10,8 +10,8 @@ use mirador_proto::admin::{
     DeletePipelineResponse, DrainNodeRequest, ListNodesRequest, ListNodesResponse,
     ListPipelinesRequest, ListPipelinesResponse, ListSnapshotsRequest, ListSnapshotsResponse,
     Member, MemberRequest, NodeInfo, PartitionInfo, PipelineInfo, PipelineRequest,
-    PipelineSpecRequest, RestoreRequest, RestoreResponse, ShowSnapshotRequest,
-    ShowSnapshotResponse, SnapshotInfo,
+    PipelineSpecRequest, RegionsRequest, RegionsResponse, RestoreRequest, RestoreResponse,
+    ShowSnapshotRequest, ShowSnapshotResponse, SnapshotInfo,
 };
 use tonic::{Request, Response, Status};
 
@@ -511,6 +511,17 @@ impl Admin for AdminEndpoint {
         Ok(Response::new(
             crate::snapshot::admin::restore(&self.raft, request.into_inner()).await?,
         ))
+    }
+
+    async fn regions(
+        &self,
+        _request: Request<RegionsRequest>,
+    ) -> Result<Response<RegionsResponse>, Status> {
+        self.lead()?;
+        Ok(Response::new(crate::snapshot::admin::regions(
+            &self.snapshots,
+            &self.raft,
+        )))
     }
 }
 

@@ -96,6 +96,25 @@ pub struct ClusterState {
     /// registers again never gets back an incarnation it had.
     #[serde(default)]
     pub last_incarnation: u64,
+    /// The other region's newest whole snapshot in this region's store: what a takeover
+    /// would restore. Not part of a snapshot.
+    #[serde(default)]
+    pub peer_snapshot: Option<PeerSnapshot>,
+}
+
+/// The other region's newest whole snapshot, as this region's leader found and checked it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSnapshot {
+    pub region: String,
+    pub sequence: u64,
+    /// When its state was read, ms since the Unix epoch (the writer's clock).
+    pub taken_at_ms: u64,
+    pub raft_index: u64,
+    pub size: u64,
+    /// Of the body, hex.
+    pub sha256: String,
+    pub pipelines: u32,
+    pub partitions: u32,
 }
 
 /// A change to the state, committed through Raft.
@@ -165,6 +184,10 @@ pub enum Command {
     /// the snapshot's executors (of another region, or gone) are not taken.
     Restore {
         state: Box<ClusterState>,
+    },
+    /// The leader found a newer whole snapshot of the other region in this region's store.
+    RecordPeerSnapshot {
+        snapshot: PeerSnapshot,
     },
 }
 
@@ -286,6 +309,15 @@ impl ClusterState {
                 self.commit_checkpoint(pipeline, *partition, *epoch, *position)
             }
             Command::Restore { state } => self.restore(state),
+            Command::RecordPeerSnapshot { snapshot } => {
+                let newer = self.peer_snapshot.as_ref().is_none_or(|known| {
+                    known.region != snapshot.region || known.sequence < snapshot.sequence
+                });
+                if newer {
+                    self.peer_snapshot = Some(snapshot.clone());
+                }
+                Ok(Outcome::Done)
+            }
         }
     }
 

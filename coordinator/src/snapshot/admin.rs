@@ -1,8 +1,8 @@
 //! The admin API's snapshot calls: `snapshots list|show|create`.
 
 use mirador_proto::admin::{
-    ListSnapshotsResponse, RestoreRequest, RestoreResponse, ShowSnapshotResponse, SnapshotInfo,
-    SnapshotPipeline,
+    ListSnapshotsResponse, RegionsResponse, RestoreRequest, RestoreResponse, ShowSnapshotResponse,
+    SnapshotInfo, SnapshotPipeline,
 };
 use mirador_proto::snapshot as pb;
 use tonic::Status;
@@ -172,5 +172,50 @@ pub async fn restore(raft: &RaftNode, request: RestoreRequest) -> Result<Restore
     match raft.write(command).await.map_err(write_error)? {
         Outcome::Refused(refusal) => Err(refused(refusal)),
         _ => Ok(response),
+    }
+}
+
+/// This region and the other, as the leader sees them.
+pub fn regions(snapshots: &Snapshots, raft: &RaftNode) -> RegionsResponse {
+    let metrics = raft.metrics();
+    let newest = snapshots.last();
+    let copied = snapshots.last_copy();
+    let peer = snapshots.peer();
+    let state = raft.state();
+    RegionsResponse {
+        region: snapshots.store().region().to_string(),
+        leader_id: metrics.leader.unwrap_or_default(),
+        leader_address: metrics
+            .leader
+            .and_then(|l| metrics.members.get(&l).cloned())
+            .unwrap_or_default(),
+        store: snapshots.store().url().to_string(),
+        newest_snapshot: newest
+            .as_ref()
+            .map(|w| info(w.manifest.sequence, Some(&w.manifest), None)),
+        peer_region: peer.map(|p| p.region.clone()).unwrap_or_default(),
+        peer_store: peer.map(|p| p.copies.url().to_string()).unwrap_or_default(),
+        copied_sequence: copied.as_ref().map_or(0, |c| c.sequence),
+        copy_lag_ms: copied.as_ref().map_or(0, |c| c.lag.as_millis() as u64),
+        copies_behind: match (peer, &newest) {
+            (Some(_), Some(w)) => w
+                .manifest
+                .sequence
+                .saturating_sub(copied.as_ref().map_or(0, |c| c.sequence)),
+            _ => 0,
+        },
+        copy_error: snapshots.last_copy_error().unwrap_or_default(),
+        peer_snapshot: state.peer_snapshot.as_ref().map(|p| SnapshotInfo {
+            sequence: p.sequence,
+            region: p.region.clone(),
+            taken_at_ms: p.taken_at_ms,
+            age_ms: age_ms(p.taken_at_ms),
+            raft_index: p.raft_index,
+            size: p.size,
+            sha256: p.sha256.clone(),
+            pipelines: p.pipelines,
+            partitions: p.partitions,
+            ..SnapshotInfo::default()
+        }),
     }
 }

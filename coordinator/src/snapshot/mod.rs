@@ -19,6 +19,7 @@ pub mod testing;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use mirador_proto::snapshot as pb;
 use mirador_proto::sync::Locked;
 use serde::Deserialize;
@@ -38,6 +39,17 @@ pub struct SnapshotFile {
     /// Where: a directory, or `{url, options}` for S3 or GCS. Default: `snapshots` in the
     /// node's data directory (each coordinator its own: name a shared store for a region).
     pub store: Option<StoreConfig>,
+    /// The other region: each snapshot is copied into its store, and its copies in this
+    /// region's store are catalogued.
+    pub peer: Option<PeerFile>,
+}
+
+/// `snapshot.peer`: the other region and its snapshot store.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    pub region: String,
+    pub store: StoreConfig,
 }
 
 impl Default for SnapshotFile {
@@ -46,6 +58,7 @@ impl Default for SnapshotFile {
             interval_ms: 5_000,
             keep: 10,
             store: None,
+            peer: None,
         }
     }
 }
@@ -56,6 +69,17 @@ pub struct SnapshotConfig {
     pub interval: Duration,
     pub keep: usize,
     pub store: SnapshotStore,
+    pub peer: Option<PeerStores>,
+}
+
+/// The other region's side of the snapshots.
+#[derive(Clone)]
+pub struct PeerStores {
+    pub region: String,
+    /// This region's copies, in the peer's store.
+    pub copies: SnapshotStore,
+    /// The peer's copies, in this region's store: what a takeover restores from.
+    pub incoming: SnapshotStore,
 }
 
 impl SnapshotFile {
@@ -80,6 +104,17 @@ impl SnapshotFile {
                 format!("{} is invalid: between 1 and 10000", self.keep),
             ));
         }
+        if let Some(peer) = &self.peer {
+            if peer.region.is_empty() || peer.region.contains('/') || peer.region == region {
+                return Err(FieldError::new(
+                    "snapshot.peer.region",
+                    format!(
+                        "{:?} is not the other region's name (not empty, no '/', not {region:?})",
+                        peer.region
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -95,10 +130,19 @@ impl SnapshotFile {
             Some(store) => store.clone(),
             None => StoreConfig::Url(default_dir.display().to_string()),
         };
+        let peer = match &self.peer {
+            Some(peer) => Some(PeerStores {
+                region: peer.region.clone(),
+                copies: SnapshotStore::open(&peer.store, region, "snapshot.peer.store")?,
+                incoming: SnapshotStore::open(&store, &peer.region, "snapshot.store")?,
+            }),
+            None => None,
+        };
         Ok(SnapshotConfig {
             interval: Duration::from_millis(self.interval_ms),
             keep: self.keep,
             store: SnapshotStore::open(&store, region, "snapshot.store")?,
+            peer,
         })
     }
 }
@@ -123,6 +167,15 @@ struct Cursor {
     last_index: Option<u64>,
 }
 
+/// The last copy of a snapshot into the other region's store.
+#[derive(Clone, Debug)]
+pub struct Copied {
+    pub sequence: u64,
+    pub at: Instant,
+    /// From the snapshot's commit here to its copy's there.
+    pub lag: Duration,
+}
+
 /// A region's snapshots, as its coordinators write and read them.
 pub struct Snapshots {
     node_id: u64,
@@ -131,6 +184,8 @@ pub struct Snapshots {
     cursor: tokio::sync::Mutex<Cursor>,
     last: Mutex<Option<Written>>,
     last_error: Mutex<Option<String>>,
+    last_copy: Mutex<Option<Copied>>,
+    last_copy_error: Mutex<Option<String>>,
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -151,7 +206,91 @@ impl Snapshots {
             cursor: tokio::sync::Mutex::new(Cursor::default()),
             last: Mutex::new(None),
             last_error: Mutex::new(None),
+            last_copy: Mutex::new(None),
+            last_copy_error: Mutex::new(None),
         }
+    }
+
+    /// The other region's stores, when one is configured.
+    pub fn peer(&self) -> Option<&PeerStores> {
+        self.config.peer.as_ref()
+    }
+
+    /// The last snapshot copied into the other region's store.
+    pub fn last_copy(&self) -> Option<Copied> {
+        self.last_copy.locked().clone()
+    }
+
+    /// Why the last copy failed, until one succeeds.
+    pub fn last_copy_error(&self) -> Option<String> {
+        self.last_copy_error.locked().clone()
+    }
+
+    /// Copies a committed snapshot into the other region's store, with its own manifest
+    /// created last there too. A failed copy is reported and left: the next snapshot
+    /// supersedes it.
+    async fn copy(&self, manifest: &pb::Manifest, body: Bytes, committed: Instant) {
+        let Some(peer) = &self.config.peer else {
+            return;
+        };
+        let result = async {
+            // `None`: another writer copied this number already, which is as good.
+            peer.copies.write(manifest.clone(), body).await?;
+            peer.copies.prune(self.config.keep).await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                *self.last_copy.locked() = Some(Copied {
+                    sequence: manifest.sequence,
+                    at: Instant::now(),
+                    lag: committed.elapsed(),
+                });
+                *self.last_copy_error.locked() = None;
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "snapshot not copied to the other region");
+                *self.last_copy_error.locked() = Some(format!("{error:#}"));
+            }
+        }
+    }
+
+    /// Looks for a newer whole snapshot of the other region in this region's store and
+    /// records it in the Raft state. Leader only.
+    pub async fn catalogue(&self, raft: &RaftNode) -> anyhow::Result<()> {
+        let Some(peer) = &self.config.peer else {
+            return Ok(());
+        };
+        let known = raft.state().peer_snapshot.as_ref().map(|p| p.sequence);
+        let Some(newest) = peer.incoming.newest_committed().await? else {
+            return Ok(());
+        };
+        if known.is_some_and(|known| known >= newest) {
+            return Ok(());
+        }
+        let (found, skipped) = peer.incoming.newest_valid().await?;
+        for (sequence, problem) in skipped {
+            tracing::warn!(region = %peer.region, sequence, %problem, "a snapshot of the other region cannot be restored");
+        }
+        let Some((manifest, _)) = found else {
+            return Ok(());
+        };
+        if known.is_some_and(|known| known >= manifest.sequence) {
+            return Ok(());
+        }
+        let snapshot = crate::state::PeerSnapshot {
+            region: manifest.region.clone(),
+            sequence: manifest.sequence,
+            taken_at_ms: manifest.taken_at_ms,
+            raft_index: manifest.raft_index,
+            size: manifest.body_len,
+            sha256: format::hex(&manifest.body_sha256),
+            pipelines: manifest.pipelines,
+            partitions: manifest.partitions,
+        };
+        raft.write(crate::state::Command::RecordPeerSnapshot { snapshot })
+            .await?;
+        Ok(())
     }
 
     pub fn store(&self) -> &SnapshotStore {
@@ -231,15 +370,18 @@ impl Snapshots {
                 cursor.next = None;
                 continue;
             };
+            let committed = Instant::now();
             cursor.next = Some(sequence + 1);
             cursor.last_index = Some(index);
             if let Err(error) = store.prune(self.config.keep).await {
                 tracing::warn!(%error, "old snapshots were not removed");
             }
+            let write = write_started.elapsed();
+            self.copy(&manifest, encoded.body.clone(), committed).await;
             return Ok(Some(Written {
                 manifest,
                 encode,
-                write: write_started.elapsed(),
+                write,
                 at: Instant::now(),
             }));
         }
@@ -266,6 +408,9 @@ pub async fn writer(raft: Arc<RaftNode>, snapshots: Arc<Snapshots>) {
             continue;
         }
         leading = true;
+        if let Err(error) = snapshots.catalogue(&raft).await {
+            tracing::warn!(error = %format!("{error:#}"), "the other region's snapshots not catalogued");
+        }
         match snapshots.take(&raft, false).await {
             Ok(Some(w)) => tracing::debug!(
                 sequence = w.manifest.sequence,

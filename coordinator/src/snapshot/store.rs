@@ -228,6 +228,17 @@ impl SnapshotStore {
         Ok(found)
     }
 
+    /// The highest committed sequence number, whole or not.
+    pub async fn newest_committed(&self) -> anyhow::Result<Option<u64>> {
+        Ok(self
+            .scan()
+            .await?
+            .iter()
+            .rev()
+            .find(|(_, f)| f.manifest.is_some())
+            .map(|(s, _)| *s))
+    }
+
     /// The sequence number after every one in the store, committed or not.
     pub async fn next_sequence(&self) -> anyhow::Result<u64> {
         Ok(self
