@@ -306,6 +306,31 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Any bytes as a manifest or a body: an error or a state, never a panic; and a
+        /// body changed anywhere is caught by its manifest.
+        #[test]
+        fn arbitrary_bytes_never_panic_and_any_changed_byte_is_caught(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let _ = decode_manifest(&bytes, "a");
+            let _ = decode_body(&bytes);
+            let body = encode_body(&state());
+            let manifest = pb::Manifest {
+                format_version: FORMAT_VERSION,
+                region: "a".into(),
+                body_len: body.len() as u64,
+                body_sha256: sha256(&body),
+                ..Default::default()
+            };
+            let mut changed = body.clone();
+            changed[at.index(body.len())] ^= flip;
+            proptest::prop_assert!(check_body(&manifest, &changed).is_err());
+        }
+    }
+
     #[test]
     fn garbage_never_decodes_to_a_state_silently() {
         // Bytes that are no protobuf at all, and a partition of an unknown pipeline.
