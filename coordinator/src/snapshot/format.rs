@@ -273,16 +273,21 @@ mod tests {
         assert_eq!(encode_body(&decode_body(&body).unwrap()), body);
     }
 
-    #[test]
-    fn a_flipped_bit_or_a_cut_body_is_caught_by_its_manifest() {
-        let body = encode_body(&state());
-        let manifest = pb::Manifest {
+    /// The manifest of `body` in region "a".
+    fn manifest_of(body: &[u8]) -> pb::Manifest {
+        pb::Manifest {
             format_version: FORMAT_VERSION,
             region: "a".into(),
             body_len: body.len() as u64,
-            body_sha256: sha256(&body),
+            body_sha256: sha256(body),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_or_a_cut_body_is_caught_by_its_manifest() {
+        let body = encode_body(&state());
+        let manifest = manifest_of(&body);
         assert_eq!(check_body(&manifest, &body), Ok(()));
         let mut flipped = body.clone();
         flipped[body.len() / 2] ^= 0x10;
@@ -318,13 +323,7 @@ mod tests {
             let _ = decode_manifest(&bytes, "a");
             let _ = decode_body(&bytes);
             let body = encode_body(&state());
-            let manifest = pb::Manifest {
-                format_version: FORMAT_VERSION,
-                region: "a".into(),
-                body_len: body.len() as u64,
-                body_sha256: sha256(&body),
-                ..Default::default()
-            };
+            let manifest = manifest_of(&body);
             let mut changed = body.clone();
             changed[at.index(body.len())] ^= flip;
             proptest::prop_assert!(check_body(&manifest, &changed).is_err());
