@@ -213,7 +213,10 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     });
     let at_kill: u64 = checkpoints(&cp, "restart", 2).iter().sum();
     let broker = broker.await.unwrap();
-    let report = run.wait(&options).await;
+    // A stall after the restart fails the test instead of hanging it.
+    let report = tokio::time::timeout(Duration::from_secs(180), run.wait(&options))
+        .await
+        .expect("the run ends within 180 s of the broker's restart");
     assert!(report.succeeded(), "{:?}", report.failures);
     assert!(
         at_kill < EVENTS,
