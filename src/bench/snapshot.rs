@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirador_coordinator::snapshot::format::{self, FORMAT_VERSION};
+use mirador_coordinator::snapshot::format;
 use mirador_coordinator::snapshot::{SnapshotStore, StoreConfig};
 use mirador_coordinator::state::{ClusterState, Command, Move};
-use mirador_proto::snapshot as pb;
 
 /// A region of `pipelines` pipelines of `partitions` partitions each, every partition
 /// assigned on one of 32 executors with a committed checkpoint, and specs of the size
@@ -109,17 +108,7 @@ pub async fn bench_snapshot(pipelines: usize, partitions: u32, runs: usize) -> a
         let encoded = tokio::task::spawn_blocking(move || format::encode(&snapshot)).await?;
         let encoded_at = Instant::now();
         size = encoded.body.len();
-        let manifest = pb::Manifest {
-            format_version: FORMAT_VERSION,
-            region: "east".into(),
-            sequence,
-            written_by: 1,
-            body_len: encoded.body.len() as u64,
-            body_sha256: encoded.sha256.clone(),
-            pipelines: encoded.pipelines,
-            partitions: encoded.partitions,
-            ..Default::default()
-        };
+        let manifest = encoded.manifest("east", sequence, 1);
         anyhow::ensure!(
             store.write(manifest, encoded.body).await?.is_some(),
             "snapshot {sequence} was not committed"

@@ -81,26 +81,45 @@ fn contents(manifest: &pb::Manifest, state: &ClusterState) -> ShowSnapshotRespon
     }
 }
 
-/// `sequence` 0: the newest whole snapshot.
-pub async fn show(snapshots: &Snapshots, sequence: u64) -> Result<ShowSnapshotResponse, Status> {
-    let store = snapshots.store();
+/// Snapshot `sequence` of `store`, checked whole; 0: the newest whole one, else an error
+/// naming `field_if_none`.
+async fn fetch(
+    store: &SnapshotStore,
+    sequence: u64,
+    field_if_none: &str,
+) -> Result<(pb::Manifest, ClusterState), Status> {
     if sequence == 0 {
-        let (newest, _) = store.newest_valid().await.map_err(unavailable)?;
-        let (manifest, state) = newest.ok_or_else(|| {
-            Status::not_found(format!("sequence: {} holds no whole snapshot", store.url()))
-        })?;
-        return Ok(contents(&manifest, &state));
+        let (newest, skipped) = store.newest_valid().await.map_err(unavailable)?;
+        return newest.ok_or_else(|| {
+            Status::not_found(format!(
+                "{field_if_none}: {} holds no whole snapshot of region {:?}{}",
+                store.url(),
+                store.region(),
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} that cannot be restored)", skipped.len())
+                }
+            ))
+        });
     }
     match store.read(sequence).await.map_err(unavailable)? {
-        Ok((manifest, state)) => Ok(contents(&manifest, &state)),
+        Ok(snapshot) => Ok(snapshot),
         Err(Invalid::Uncommitted) => Err(Status::not_found(format!(
-            "sequence: no snapshot {sequence} in {}",
+            "sequence: no snapshot {sequence} of region {:?} in {}",
+            store.region(),
             store.url()
         ))),
         Err(problem) => Err(Status::data_loss(format!(
             "sequence: snapshot {sequence} cannot be restored: {problem}"
         ))),
     }
+}
+
+/// `sequence` 0: the newest whole snapshot.
+pub async fn show(snapshots: &Snapshots, sequence: u64) -> Result<ShowSnapshotResponse, Status> {
+    let (manifest, state) = fetch(snapshots.store(), sequence, "sequence").await?;
+    Ok(contents(&manifest, &state))
 }
 
 pub async fn create(snapshots: &Snapshots, raft: &RaftNode) -> Result<SnapshotInfo, Status> {
@@ -128,33 +147,7 @@ pub async fn read_for_restore(
         options: request.options.into_iter().collect(),
     });
     let store = SnapshotStore::open(&config, &request.region, "store").map_err(|e| invalid(&e))?;
-    let sequence = request.sequence;
-    if sequence == 0 {
-        let (newest, skipped) = store.newest_valid().await.map_err(unavailable)?;
-        return newest.ok_or_else(|| {
-            Status::not_found(format!(
-                "region: {} holds no whole snapshot of region {:?}{}",
-                store.url(),
-                store.region(),
-                if skipped.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} that cannot be restored)", skipped.len())
-                }
-            ))
-        });
-    }
-    match store.read(sequence).await.map_err(unavailable)? {
-        Ok(snapshot) => Ok(snapshot),
-        Err(Invalid::Uncommitted) => Err(Status::not_found(format!(
-            "sequence: no snapshot {sequence} of region {:?} in {}",
-            store.region(),
-            store.url()
-        ))),
-        Err(problem) => Err(Status::data_loss(format!(
-            "sequence: snapshot {sequence} cannot be restored: {problem}"
-        ))),
-    }
+    fetch(&store, request.sequence, "region").await
 }
 
 /// Restores the snapshot `request` names into the region `raft` leads.

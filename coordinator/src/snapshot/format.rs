@@ -55,6 +55,24 @@ pub struct Encoded {
     pub partitions: u32,
 }
 
+impl Encoded {
+    /// The manifest of this body as snapshot `sequence` of `region` by coordinator
+    /// `written_by`; when and at which Raft index it was taken is the writer's to add.
+    pub fn manifest(&self, region: &str, sequence: u64, written_by: u64) -> pb::Manifest {
+        pb::Manifest {
+            format_version: FORMAT_VERSION,
+            region: region.to_string(),
+            sequence,
+            written_by,
+            body_len: self.body.len() as u64,
+            body_sha256: self.sha256.clone(),
+            pipelines: self.pipelines,
+            partitions: self.partitions,
+            ..pb::Manifest::default()
+        }
+    }
+}
+
 /// Encodes and checksums `state`: what a snapshot writer runs off the async threads.
 pub fn encode(state: &ClusterState) -> Encoded {
     let body = encode_body(state);

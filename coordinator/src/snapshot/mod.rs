@@ -155,7 +155,6 @@ pub struct Written {
     pub encode: Duration,
     /// Writing body and manifest, and pruning.
     pub write: Duration,
-    pub at: Instant,
 }
 
 /// What the writer remembers between snapshots.
@@ -171,7 +170,6 @@ struct Cursor {
 #[derive(Clone, Debug)]
 pub struct Copied {
     pub sequence: u64,
-    pub at: Instant,
     /// From the snapshot's commit here to its copy's there.
     pub lag: Duration,
 }
@@ -243,7 +241,6 @@ impl Snapshots {
             Ok(_) => {
                 *self.last_copy.locked() = Some(Copied {
                     sequence: manifest.sequence,
-                    at: Instant::now(),
                     lag: committed.elapsed(),
                 });
                 *self.last_copy_error.locked() = None;
@@ -352,18 +349,10 @@ impl Snapshots {
                 None => store.next_sequence().await?,
             };
             let manifest = pb::Manifest {
-                format_version: format::FORMAT_VERSION,
-                region: store.region().to_string(),
-                sequence,
                 taken_at_ms,
                 raft_index: index,
                 raft_term: metrics.term,
-                written_by: self.node_id,
-                body: String::new(),
-                body_len: encoded.body.len() as u64,
-                body_sha256: encoded.sha256.clone(),
-                pipelines: encoded.pipelines,
-                partitions: encoded.partitions,
+                ..encoded.manifest(store.region(), sequence, self.node_id)
             };
             let write_started = Instant::now();
             let Some(manifest) = store.write(manifest, encoded.body.clone()).await? else {
@@ -382,7 +371,6 @@ impl Snapshots {
                 manifest,
                 encode,
                 write,
-                at: Instant::now(),
             }));
         }
         anyhow::bail!(

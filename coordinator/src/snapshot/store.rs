@@ -305,27 +305,39 @@ impl SnapshotStore {
         &self,
         sequence: u64,
     ) -> anyhow::Result<Result<(pb::Manifest, ClusterState), Invalid>> {
+        let (manifest, state) = self.check(sequence).await?;
+        Ok(state.map(|state| (manifest.expect("a whole snapshot has its manifest"), state)))
+    }
+
+    /// Reads snapshot `sequence`: its manifest where it decodes, and its state or why it
+    /// cannot be restored.
+    async fn check(
+        &self,
+        sequence: u64,
+    ) -> anyhow::Result<(Option<pb::Manifest>, Result<ClusterState, Invalid>)> {
         let Some(bytes) = self.get(&self.manifest_path(sequence)).await? else {
-            return Ok(Err(Invalid::Uncommitted));
+            return Ok((None, Err(Invalid::Uncommitted)));
         };
         let manifest = match format::decode_manifest(&bytes, &self.region) {
             Ok(m) => m,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok((None, Err(e))),
         };
         if manifest.sequence != sequence {
-            return Ok(Err(Invalid::Manifest(format!(
-                "it says sequence {}, stored as {sequence}",
-                manifest.sequence
-            ))));
+            let found = manifest.sequence;
+            return Ok((
+                Some(manifest),
+                Err(Invalid::Manifest(format!(
+                    "it says sequence {found}, stored as {sequence}"
+                ))),
+            ));
         }
         let body_path = self.folder.clone().join(manifest.body.as_str());
         let Some(body) = self.get(&body_path).await? else {
-            return Ok(Err(Invalid::MissingBody(manifest.body.clone())));
+            let missing = Invalid::MissingBody(manifest.body.clone());
+            return Ok((Some(manifest), Err(missing)));
         };
-        if let Err(e) = format::check_body(&manifest, &body) {
-            return Ok(Err(e));
-        }
-        Ok(format::decode_body(&body).map(|state| (manifest, state)))
+        let state = format::check_body(&manifest, &body).and_then(|()| format::decode_body(&body));
+        Ok((Some(manifest), state))
     }
 
     /// Every snapshot in the store, newest first, each checked as a restore would check it.
@@ -341,11 +353,8 @@ impl SnapshotStore {
                 });
                 continue;
             }
-            let manifest = self
-                .get(&self.manifest_path(sequence))
-                .await?
-                .and_then(|b| format::decode_manifest(&b, &self.region).ok());
-            let problem = self.read(sequence).await?.err();
+            let (manifest, state) = self.check(sequence).await?;
+            let problem = state.err();
             listed.push(Listed {
                 sequence,
                 manifest,

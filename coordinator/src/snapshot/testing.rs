@@ -1,9 +1,6 @@
 //! States and snapshot writes for the tests of stores (a directory here, S3 in
 //! `coordinator/tests`).
 
-use bytes::Bytes;
-use mirador_proto::snapshot as pb;
-
 use super::format;
 use super::store::SnapshotStore;
 use crate::state::{ClusterState, Command};
@@ -30,20 +27,6 @@ pub async fn write(
     state: &ClusterState,
 ) -> bool {
     let encoded = format::encode(state);
-    let manifest = pb::Manifest {
-        format_version: format::FORMAT_VERSION,
-        region: store.region().to_string(),
-        sequence,
-        written_by: writer,
-        body_len: encoded.body.len() as u64,
-        body_sha256: encoded.sha256,
-        pipelines: encoded.pipelines,
-        partitions: encoded.partitions,
-        ..Default::default()
-    };
-    store
-        .write(manifest, Bytes::clone(&encoded.body))
-        .await
-        .unwrap()
-        .is_some()
+    let manifest = encoded.manifest(store.region(), sequence, writer);
+    store.write(manifest, encoded.body).await.unwrap().is_some()
 }
