@@ -7,10 +7,10 @@ use clap::Subcommand;
 use mirador_proto::admin::admin_client::AdminClient;
 use mirador_proto::admin::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSnapshotRequest,
-    DrainNodeRequest, ListNodesRequest, ListPipelinesRequest, ListSnapshotsRequest,
-    ListSnapshotsResponse, MemberRequest, NodeInfo, PipelineInfo, PipelineRequest,
-    PipelineSpecRequest, RegionsRequest, RegionsResponse, RestoreRequest, ShowSnapshotRequest,
-    ShowSnapshotResponse, SnapshotInfo,
+    DrainNodeRequest, FailoverRequest, ListNodesRequest, ListPipelinesRequest,
+    ListSnapshotsRequest, ListSnapshotsResponse, MemberRequest, NodeInfo, PipelineInfo,
+    PipelineRequest, PipelineSpecRequest, RegionsRequest, RegionsResponse, RestoreRequest,
+    ShowSnapshotRequest, ShowSnapshotResponse, SnapshotInfo,
 };
 use mirador_proto::leader::LeaderChannel;
 use serde_json::{json, Value};
@@ -102,6 +102,19 @@ pub enum AdminCommand {
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
+    /// Move pipelines to region TO (this one or the other): planned, the old region stops
+    /// them at checkpoints and hands them over, nothing lost or done twice; `--force`
+    /// takes them over from the newest snapshot of the old region held here, without it.
+    Failover {
+        /// The region that takes over.
+        #[arg(long)]
+        to: String,
+        /// The pipelines; none: every pipeline the old region runs.
+        pipelines: Vec<String>,
+        /// Do not ask the old region (it is down or cut off).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `STORE/REGION[/SEQUENCE]` (a sequence may be a manifest's name) as a request.
@@ -159,7 +172,15 @@ pub async fn run(
     json: bool,
     command: AdminCommand,
 ) -> anyhow::Result<()> {
-    let channel = LeaderChannel::new(coordinators, Duration::from_secs(10));
+    // A failover waits for partitions to stop and for the other region, by design.
+    let channel = match command {
+        AdminCommand::Failover { .. } => LeaderChannel::with_options(
+            coordinators,
+            Duration::from_secs(10),
+            mirador_proto::transport::ChannelOptions::long_calls(),
+        ),
+        _ => LeaderChannel::new(coordinators, Duration::from_secs(10)),
+    };
     let out: Value = match command {
         AdminCommand::Status => {
             let status = call(&channel, |mut c| async move {
@@ -279,6 +300,43 @@ pub async fn run(
             .await?;
             return print(json, regions_json(&regions), || render_regions(&regions));
         }
+        AdminCommand::Failover {
+            to,
+            pipelines,
+            force,
+        } => {
+            let request = FailoverRequest {
+                to,
+                pipelines,
+                force,
+            };
+            let done = call(&channel, |mut c| {
+                let request = request.clone();
+                async move { c.failover(request).await }
+            })
+            .await?;
+            return print(
+                json,
+                json!({
+                    "to": done.to,
+                    "pipelines": done.pipelines,
+                    "snapshot": done.snapshot.as_ref().map(snapshot_json),
+                    "stop_ms": done.stop_ms,
+                    "took_ms": done.took_ms,
+                }),
+                || {
+                    format!(
+                        "region {} runs {} now, from snapshot {} of region {} (stopped in {} ms, took {} ms)\n",
+                        done.to,
+                        done.pipelines.join(", "),
+                        done.snapshot.as_ref().map_or(0, |s| s.sequence),
+                        done.snapshot.as_ref().map_or("", |s| s.region.as_str()),
+                        done.stop_ms,
+                        done.took_ms
+                    )
+                },
+            );
+        }
         AdminCommand::Restore { snapshot, options } => {
             let request = restore_request(&snapshot, &options)?;
             let restored = call(&channel, |mut c| {
@@ -376,6 +434,14 @@ fn regions_json(r: &RegionsResponse) -> Value {
         "copies_behind": r.copies_behind,
         "copy_error": r.copy_error,
         "peer_snapshot": r.peer_snapshot.as_ref().map(snapshot_json),
+        "peer_coordinators": r.peer_coordinators,
+        "peer_reachable": r.peer_reachable,
+        "peer_silent_ms": r.peer_silent_ms,
+        "failover_after_secs": r.failover_after_secs,
+        "ownership": r.ownership.iter().map(|o| json!({
+            "pipeline": o.pipeline, "region": o.region, "region_epoch": o.region_epoch,
+            "record_region": o.record_region, "record_epoch": o.record_epoch,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -398,7 +464,7 @@ fn render_regions(r: &RegionsResponse) -> String {
         age(&r.newest_snapshot)
     );
     if r.peer_region.is_empty() {
-        out.push_str("  no other region configured (snapshot.peer)\n");
+        out.push_str("  no other region configured (peer:)\n");
         return out;
     }
     out.push_str(&format!(
@@ -413,6 +479,37 @@ fn render_regions(r: &RegionsResponse) -> String {
         r.peer_region,
         age(&r.peer_snapshot)
     ));
+    if r.peer_coordinators.is_empty() {
+        out.push_str("  its coordinators are not configured: only a forced failover\n");
+    } else if r.peer_reachable {
+        out.push_str("  its leader answers\n");
+    } else {
+        out.push_str(&format!(
+            "  its leader has not answered for {:.1} s (automatic failover after {} s)\n",
+            r.peer_silent_ms as f64 / 1000.0,
+            r.failover_after_secs
+        ));
+    }
+    if !r.ownership.is_empty() {
+        out += &table(
+            &["PIPELINE", "OWNER", "EPOCH", "RECORD"],
+            r.ownership
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.pipeline.clone(),
+                        o.region.clone(),
+                        o.region_epoch.to_string(),
+                        if o.record_region.is_empty() {
+                            "-".to_string()
+                        } else {
+                            format!("{} from {}", o.record_region, o.record_epoch)
+                        },
+                    ]
+                })
+                .collect(),
+        );
+    }
     out
 }
 
@@ -644,7 +741,8 @@ fn render_nodes(nodes: &[NodeInfo]) -> String {
 fn pipeline_json(p: &PipelineInfo) -> Value {
     json!({
         "name": p.name, "version": p.version, "partitions": p.partitions,
-        "gpu": p.gpu, "paused": p.paused,
+        "gpu": p.gpu, "paused": p.paused, "region": p.region, "region_epoch": p.region_epoch,
+        "automatic_failover": p.automatic_failover,
         "assignments": p.assignments.iter().map(|a| json!({
             "partition": a.partition, "owner": a.owner, "epoch": a.epoch,
             "moving_to": a.moving_to, "checkpoint": a.checkpoint, "lag": a.lag,
@@ -663,12 +761,19 @@ fn render_pipeline(p: &PipelineInfo) -> String {
         format!(", lag {}", lags.iter().sum::<u64>())
     };
     let mut out = format!(
-        "pipeline {} v{}: {} partitions{}{}{lag}\n",
+        "pipeline {} v{}: {} partitions{}{}{lag}, region {} (epoch {}{})\n",
         p.name,
         p.version,
         p.partitions,
         if p.gpu { ", gpu" } else { "" },
-        if p.paused { ", paused" } else { "" }
+        if p.paused { ", paused" } else { "" },
+        p.region,
+        p.region_epoch,
+        if p.automatic_failover {
+            ", automatic failover"
+        } else {
+            ""
+        }
     );
     out += &table(
         &[

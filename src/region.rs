@@ -43,6 +43,8 @@ impl LocalRegion {
                 node_id: 1,
                 region: "local".into(),
                 snapshot: Default::default(),
+                peer: None,
+                failover: Default::default(),
                 listen,
                 advertise: address.clone(),
                 data_dir: data_dir.to_path_buf(),

@@ -273,7 +273,7 @@ fn each_snapshot_is_copied_to_the_other_region_which_catalogues_its_newest() {
     let (east_store, west_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = |name: &str, own: &tempfile::TempDir, peer: &str, other: &tempfile::TempDir| {
         format!(
-            "region: {name}\nsnapshot:\n  interval_ms: 200\n  store: {}\n  peer:\n    region: {peer}\n    store: {}\n",
+            "region: {name}\nsnapshot:\n  interval_ms: 200\n  store: {}\npeer:\n  region: {peer}\n  store: {}\n",
             own.path().display(),
             other.path().display()
         )

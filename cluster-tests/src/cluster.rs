@@ -149,6 +149,19 @@ impl Region {
     /// id, addresses and data directory; the file may set the rest: `region:`,
     /// `snapshot:`...). Empty: no file.
     pub fn start_configured(binary: &Path, coordinators: u64, config: &str) -> Self {
+        Self::start_at(binary, Self::addresses(coordinators), config)
+    }
+
+    /// Loopback addresses for `coordinators` coordinators, ids from 1: for regions that
+    /// must know each other's before either starts.
+    pub fn addresses(coordinators: u64) -> Vec<(u64, String)> {
+        (1..=coordinators)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect()
+    }
+
+    /// As [`Region::start_configured`], on `addresses` (from [`Region::addresses`]).
+    pub fn start_at(binary: &Path, addresses: Vec<(u64, String)>, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("a scratch directory");
         let config_file = dir.path().join("coordinator.yaml");
         let mut extra = Vec::new();
@@ -156,9 +169,6 @@ impl Region {
             std::fs::write(&config_file, config).expect("the coordinators' config file");
             extra = vec!["--config".to_string(), config_file.display().to_string()];
         }
-        let addresses: Vec<(u64, String)> = (1..=coordinators)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-            .collect();
         let members = addresses
             .iter()
             .map(|(id, addr)| format!("{id}={addr}"))
@@ -227,6 +237,26 @@ impl Region {
         self.executors.push(node);
     }
 
+    /// `kill -9` of every process of the region, executors first.
+    pub fn kill_all(&mut self) {
+        for executor in &mut self.executors {
+            executor.kill();
+        }
+        for coordinator in &mut self.coordinators {
+            coordinator.node.kill();
+        }
+    }
+
+    /// Starts every process of the region again, coordinators first.
+    pub fn restart_all(&mut self) {
+        for coordinator in &mut self.coordinators {
+            coordinator.node.restart();
+        }
+        for executor in &mut self.executors {
+            executor.restart();
+        }
+    }
+
     pub fn executor(&mut self, id: &str) -> &mut Node {
         self.executors
             .iter_mut()
@@ -268,6 +298,21 @@ impl Region {
             .then_some(leader)
     }
 
+    /// The end of every process's log.
+    pub fn log_tails(&self) -> String {
+        let logs: Vec<String> = self
+            .coordinators
+            .iter()
+            .map(|c| format!("--- {}\n{}", c.node.name, c.node.log_tail()))
+            .chain(
+                self.executors
+                    .iter()
+                    .map(|e| format!("--- {}\n{}", e.name, e.log_tail())),
+            )
+            .collect();
+        logs.join("\n")
+    }
+
     /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
     pub fn wait_for<T>(
         &self,
@@ -281,17 +326,7 @@ impl Region {
                 return value;
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .coordinators
-                    .iter()
-                    .map(|c| format!("--- {}\n{}", c.node.name, c.node.log_tail()))
-                    .chain(
-                        self.executors
-                            .iter()
-                            .map(|e| format!("--- {}\n{}", e.name, e.log_tail())),
-                    )
-                    .collect();
-                panic!("{what}: not within {limit:?}\n{}", logs.join("\n"));
+                panic!("{what}: not within {limit:?}\n{}", self.log_tails());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use mirador_proto::admin::admin_server::Admin;
 use mirador_proto::admin::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSnapshotRequest,
-    DeletePipelineResponse, DrainNodeRequest, ListNodesRequest, ListNodesResponse,
-    ListPipelinesRequest, ListPipelinesResponse, ListSnapshotsRequest, ListSnapshotsResponse,
-    Member, MemberRequest, NodeInfo, PartitionInfo, PipelineInfo, PipelineRequest,
-    PipelineSpecRequest, RegionsRequest, RegionsResponse, RestoreRequest, RestoreResponse,
-    ShowSnapshotRequest, ShowSnapshotResponse, SnapshotInfo,
+    DeletePipelineResponse, DrainNodeRequest, FailoverRequest, FailoverResponse, ListNodesRequest,
+    ListNodesResponse, ListPipelinesRequest, ListPipelinesResponse, ListSnapshotsRequest,
+    ListSnapshotsResponse, Member, MemberRequest, NodeInfo, PartitionInfo, PipelineInfo,
+    PipelineRequest, PipelineSpecRequest, RegionsRequest, RegionsResponse, RestoreRequest,
+    RestoreResponse, ShowSnapshotRequest, ShowSnapshotResponse, SnapshotInfo,
 };
 use tonic::{Request, Response, Status};
 
 use crate::control::Observations;
 use crate::raft::RaftNode;
+use crate::region::Regions;
 use crate::snapshot::Snapshots;
 use crate::state::{ClusterState, Command, Outcome};
 use crate::status::{refused, write_error};
@@ -27,6 +28,8 @@ pub struct ValidPipeline {
     pub name: String,
     pub partitions: u32,
     pub gpu: bool,
+    /// `failover: automatic`.
+    pub automatic_failover: bool,
 }
 
 pub use mirador_spec::FieldError;
@@ -43,6 +46,7 @@ pub struct AdminEndpoint {
     observations: Observations,
     validator: Arc<dyn PipelineValidator>,
     snapshots: Arc<Snapshots>,
+    regions: Arc<Regions>,
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
@@ -97,12 +101,14 @@ impl AdminEndpoint {
         observations: Observations,
         validator: Arc<dyn PipelineValidator>,
         snapshots: Arc<Snapshots>,
+        regions: Arc<Regions>,
     ) -> Self {
         AdminEndpoint {
             raft,
             observations,
             validator,
             snapshots,
+            regions,
         }
     }
 
@@ -182,6 +188,12 @@ impl AdminEndpoint {
             paused: p.paused,
             assignments,
             spec: p.spec.clone(),
+            region: p
+                .owned_by
+                .clone()
+                .unwrap_or_else(|| self.regions.names().0.to_string()),
+            region_epoch: p.region_epoch,
+            automatic_failover: p.automatic_failover,
         })
     }
 
@@ -238,6 +250,7 @@ impl AdminEndpoint {
             spec,
             partitions: valid.partitions,
             gpu: valid.gpu,
+            automatic_failover: valid.automatic_failover,
         })
         .await?;
         self.pipeline_info(&self.raft.state(), &valid.name)
@@ -518,10 +531,36 @@ impl Admin for AdminEndpoint {
         _request: Request<RegionsRequest>,
     ) -> Result<Response<RegionsResponse>, Status> {
         self.lead()?;
-        Ok(Response::new(crate::snapshot::admin::regions(
-            &self.snapshots,
-            &self.raft,
-        )))
+        let mut response = crate::snapshot::admin::regions(&self.snapshots, &self.raft);
+        self.regions.describe(&mut response);
+        Ok(Response::new(response))
+    }
+
+    async fn failover(
+        &self,
+        request: Request<FailoverRequest>,
+    ) -> Result<Response<FailoverResponse>, Status> {
+        self.lead()?;
+        let request = request.into_inner();
+        let (here, peer) = self.regions.names();
+        if request.to == here {
+            let response = self
+                .regions
+                .failover(&request.pipelines, request.force)
+                .await?;
+            Ok(Response::new(response))
+        } else if Some(request.to.as_str()) == peer {
+            Ok(Response::new(self.regions.forward(request).await?))
+        } else {
+            Err(invalid(
+                "to",
+                format!(
+                    "{:?} is neither this region ({here:?}) nor the other ({})",
+                    request.to,
+                    peer.map_or("none configured".to_string(), |p| format!("{p:?}"))
+                ),
+            ))
+        }
     }
 }
 
@@ -536,6 +575,12 @@ fn partition_state(
     };
     if a.finished {
         return "finished".to_string();
+    }
+    if let Some(region) = &pipeline.owned_by {
+        return match a.owner {
+            Some(_) => format!("stopping: region {region:?} owns it now"),
+            None => format!("standby: region {region:?} runs it"),
+        };
     }
     if pipeline.paused {
         return "paused".to_string();

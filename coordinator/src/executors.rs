@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::control::{ControlConfig, Observations};
 use crate::raft::RaftNode;
+use crate::region::Regions;
 use crate::state::{ClusterState, Command, Outcome};
 use crate::status::{refused, write_error};
 
@@ -22,14 +23,33 @@ pub struct ExecutorEndpoint {
     raft: Arc<RaftNode>,
     observations: Observations,
     config: ControlConfig,
+    regions: Arc<Regions>,
 }
 
 impl ExecutorEndpoint {
-    pub fn new(raft: Arc<RaftNode>, observations: Observations, config: ControlConfig) -> Self {
+    pub fn new(
+        raft: Arc<RaftNode>,
+        observations: Observations,
+        config: ControlConfig,
+        regions: Arc<Regions>,
+    ) -> Self {
         ExecutorEndpoint {
             raft,
             observations,
             config,
+            regions,
+        }
+    }
+
+    /// A leader that has not checked, in its term, which pipelines the other region owns
+    /// lets nothing start or commit (executors ask again).
+    fn open(&self) -> Result<(), Status> {
+        if self.regions.open_to_executors() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "this leader is checking which pipelines the other region owns: ask again",
+            ))
         }
     }
 
@@ -83,7 +103,9 @@ pub fn assignments_of(state: &ClusterState, executor: &str) -> AssignmentSet {
                     .checkpoints
                     .get(&(pipeline.clone(), *partition))
                     .map(|c| c.position),
-                run: a.target.is_none() && !p.paused,
+                // Paused, or handed over to the other region: stop at a checkpoint and
+                // release.
+                run: a.target.is_none() && !p.paused && p.is_local(),
             })
         })
         .collect();
@@ -164,6 +186,7 @@ impl ExecutorService for ExecutorEndpoint {
         request: Request<WatchRequest>,
     ) -> Result<Response<AssignmentStream>, Status> {
         self.lead()?;
+        self.open()?;
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
         let mut states = self.raft.subscribe();
@@ -210,6 +233,7 @@ impl ExecutorService for ExecutorEndpoint {
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
         self.lead()?;
+        self.open()?;
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
         self.write(Command::CommitCheckpoint {
@@ -238,7 +262,7 @@ impl ExecutorService for ExecutorEndpoint {
             .state()
             .pipelines
             .get(&r.pipeline)
-            .is_some_and(|p| p.paused);
+            .is_some_and(|p| p.paused || !p.is_local());
         if !paused {
             self.observations
                 .released((r.pipeline.clone(), r.partition), r.stop_ms);

@@ -6,6 +6,7 @@ pub mod executors;
 pub mod node;
 pub mod planner;
 pub mod raft;
+pub mod region;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::future::BoxFuture;
-use mirador_spec::{DeviceSpec, PipelineSpec};
+use mirador_spec::{DeviceSpec, FailoverMode, PipelineSpec};
 use serde::Deserialize;
 
 use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
 use crate::control::ControlConfig;
 use crate::raft::RaftConfig;
+use crate::region::{FailoverFile, PeerFile};
 use crate::server::{Coordinator, CoordinatorConfig};
 use crate::snapshot::SnapshotFile;
 
@@ -46,6 +47,7 @@ impl PipelineValidator for SpecValidator {
             name: spec.name.clone(),
             partitions,
             gpu: spec.model.device == DeviceSpec::Cuda,
+            automatic_failover: spec.failover == FailoverMode::Automatic,
         })
     }
 }
@@ -117,6 +119,10 @@ struct CoordinatorFile {
     region: Option<String>,
     /// Snapshots of the region's state; each setting defaults on its own.
     snapshot: Option<SnapshotFile>,
+    /// The other region: its name, snapshot store and coordinators.
+    peer: Option<PeerFile>,
+    /// When the other region is taken over without being asked.
+    failover: Option<FailoverFile>,
 }
 
 pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -185,10 +191,17 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
         .unwrap_or_else(|| "local".into());
     let snapshot = file.snapshot.unwrap_or_default();
     snapshot.validate(&region)?;
+    if let Some(peer) = &file.peer {
+        peer.validate(&region)?;
+    }
+    let failover = file.failover.unwrap_or_default();
+    failover.validate()?;
     Ok(CoordinatorConfig {
         node_id,
         region,
         snapshot,
+        peer: file.peer,
+        failover,
         listen,
         advertise,
         data_dir,
@@ -331,6 +344,42 @@ mod tests {
         assert!(error("region: a/b\n").starts_with("region"));
         let flag_wins = config(&["--config", path, "--region", "west"]).unwrap();
         assert_eq!(flag_wins.region, "west");
+    }
+
+    #[test]
+    fn the_other_region_and_failover_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        let path = file.to_str().unwrap();
+        let base = "id: 3\nlisten: 127.0.0.1:7003\ndata_dir: /tmp/c3\nregion: east\n";
+        let with = |rest: &str| {
+            std::fs::write(&file, format!("{base}{rest}")).unwrap();
+            config(&["--config", path])
+        };
+        let alone = with("").unwrap();
+        assert_eq!(alone.peer, None);
+        assert_eq!(alone.failover, FailoverFile::default());
+        let paired = with(
+            "peer:\n  region: west\n  store: /srv/west\n  coordinators: [127.0.0.1:8001]\n\
+             failover:\n  after_secs: 5\n",
+        )
+        .unwrap();
+        let peer = paired.peer.unwrap();
+        assert_eq!(peer.region, "west");
+        assert_eq!(peer.coordinators, vec!["127.0.0.1:8001".to_string()]);
+        assert_eq!(paired.failover.after_secs, 5);
+        assert_eq!(paired.failover.check_ms, FailoverFile::default().check_ms);
+        let error = |rest: &str| with(rest).unwrap_err().to_string();
+        assert!(error("peer:\n  region: east\n  store: /s\n").starts_with("peer.region"));
+        assert!(error("peer:\n  region: _x\n  store: /s\n").starts_with("peer.region"));
+        assert!(
+            error("peer:\n  region: west\n  store: /s\n  coordinators: ['']\n")
+                .starts_with("peer.coordinators[0]")
+        );
+        assert!(error("failover:\n  after_secs: 0\n").starts_with("failover.after_secs"));
+        assert!(error("failover:\n  after_secs: 1\n  check_ms: 1000\n")
+            .starts_with("failover.check_ms"));
+        assert!(error("failover:\n  after: 5\n").contains("after"));
     }
 
     #[test]

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use mirador_proto::admin::admin_server::AdminServer;
 use mirador_proto::coordinator::executor_service_server::ExecutorServiceServer;
+use mirador_proto::region::region_peer_server::RegionPeerServer;
 
 use crate::admin::{AdminEndpoint, PipelineValidator};
 use crate::control::{control_loop, ControlConfig, Observations};
 use crate::executors::ExecutorEndpoint;
 use crate::raft::{RaftConfig, RaftNode};
+use crate::region::{FailoverFile, PeerFile, Regions};
 use crate::snapshot::{SnapshotFile, Snapshots};
 
 #[derive(Clone, Debug)]
@@ -35,6 +37,9 @@ pub struct CoordinatorConfig {
     pub raft: RaftConfig,
     /// Where and how often the leader writes the region's snapshots (opened at start).
     pub snapshot: SnapshotFile,
+    /// The other region, when there is one.
+    pub peer: Option<PeerFile>,
+    pub failover: FailoverFile,
 }
 
 /// The services a coordinator offers, over its Raft member, sharing what the leader
@@ -51,6 +56,7 @@ impl Endpoints {
         control: &ControlConfig,
         validator: Arc<dyn PipelineValidator>,
         snapshots: Arc<Snapshots>,
+        regions: Arc<Regions>,
     ) -> Self {
         let observations = Observations::default();
         Endpoints {
@@ -58,12 +64,14 @@ impl Endpoints {
                 raft.clone(),
                 observations.clone(),
                 control.clone(),
+                regions.clone(),
             )),
             admin: Arc::new(AdminEndpoint::new(
                 raft.clone(),
                 observations.clone(),
                 validator,
                 snapshots,
+                regions,
             )),
             observations,
         }
@@ -78,6 +86,7 @@ pub struct Coordinator {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     control: tokio::task::JoinHandle<()>,
     snapshot_writer: tokio::task::JoinHandle<()>,
+    region_loop: tokio::task::JoinHandle<()>,
 }
 
 impl Coordinator {
@@ -108,11 +117,26 @@ impl Coordinator {
             )
             .await?,
         );
-        let snapshot = config
-            .snapshot
-            .open(&config.region, &config.data_dir.join("snapshots"))?;
+        let snapshot = config.snapshot.open(
+            &config.region,
+            &config.data_dir.join("snapshots"),
+            config.peer.as_ref(),
+        )?;
         let snapshots = Arc::new(Snapshots::new(config.node_id, snapshot));
-        let endpoints = Endpoints::new(&raft, &config.control, validator, snapshots.clone());
+        let regions = Arc::new(Regions::new(
+            config.region.clone(),
+            raft.clone(),
+            snapshots.clone(),
+            config.failover.clone(),
+            config.peer.as_ref(),
+        ));
+        let endpoints = Endpoints::new(
+            &raft,
+            &config.control,
+            validator,
+            snapshots.clone(),
+            regions.clone(),
+        );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AdminServer<AdminEndpoint>>()
@@ -126,7 +150,8 @@ impl Coordinator {
             .add_service(reflection)
             .add_service(raft.grpc_service())
             .add_service(ExecutorServiceServer::from_arc(endpoints.executors))
-            .add_service(AdminServer::from_arc(endpoints.admin));
+            .add_service(AdminServer::from_arc(endpoints.admin))
+            .add_service(RegionPeerServer::from_arc(regions.clone()));
         let server = tokio::spawn(
             router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
@@ -140,6 +165,7 @@ impl Coordinator {
         ));
         let snapshot_writer =
             tokio::spawn(crate::snapshot::writer(raft.clone(), snapshots.clone()));
+        let region_loop = tokio::spawn(crate::region::region_loop(regions));
         Ok(Coordinator {
             raft,
             observations: endpoints.observations,
@@ -147,6 +173,7 @@ impl Coordinator {
             server,
             control,
             snapshot_writer,
+            region_loop,
         })
     }
 
@@ -154,6 +181,7 @@ impl Coordinator {
     pub async fn shutdown(self) {
         self.control.abort();
         self.snapshot_writer.abort();
+        self.region_loop.abort();
         self.server.abort();
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
@@ -179,7 +207,8 @@ impl InProcessCoordinator {
         control: ControlConfig,
         validator: Arc<dyn PipelineValidator>,
     ) -> anyhow::Result<Self> {
-        let snapshot = SnapshotFile::default().open("in-process", &data_dir.join("snapshots"))?;
+        let snapshot =
+            SnapshotFile::default().open("in-process", &data_dir.join("snapshots"), None)?;
         let router = crate::raft::testing::Router::new();
         let raft = Arc::new(
             RaftNode::start(
@@ -203,7 +232,14 @@ impl InProcessCoordinator {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let snapshots = Arc::new(Snapshots::new(1, snapshot));
-        let endpoints = Endpoints::new(&raft, &control, validator, snapshots);
+        let regions = Arc::new(Regions::new(
+            "in-process".to_string(),
+            raft.clone(),
+            snapshots.clone(),
+            FailoverFile::default(),
+            None,
+        ));
+        let endpoints = Endpoints::new(&raft, &control, validator, snapshots, regions);
         let control = tokio::spawn(control_loop(raft.clone(), endpoints.observations, control));
         Ok(InProcessCoordinator {
             raft,

@@ -40,6 +40,25 @@ pub struct Pipeline {
     /// Scored on a GPU: only GPU executors may run it.
     pub gpu: bool,
     pub paused: bool,
+    /// Its spec says `failover: automatic`: the other region takes it over by itself when
+    /// this one falls silent.
+    #[serde(default)]
+    pub automatic_failover: bool,
+    /// `None`: this region owns and runs it. `Some(region)`: the other region owns it
+    /// (it was handed over or taken over) and this region stands by, running nothing.
+    #[serde(default)]
+    pub owned_by: Option<String>,
+    /// The ownership epoch: grows at every change of region. A region runs a pipeline
+    /// only while no ownership record names another region with a higher one.
+    #[serde(default)]
+    pub region_epoch: u64,
+}
+
+impl Pipeline {
+    /// Owned and run by this region.
+    pub fn is_local(&self) -> bool {
+        self.owned_by.is_none()
+    }
 }
 
 /// Who runs one partition of a pipeline.
@@ -144,6 +163,8 @@ pub enum Command {
         spec: String,
         partitions: u32,
         gpu: bool,
+        #[serde(default)]
+        automatic_failover: bool,
     },
     SetPaused {
         name: String,
@@ -189,6 +210,35 @@ pub enum Command {
     RecordPeerSnapshot {
         snapshot: PeerSnapshot,
     },
+    /// A planned failover, on the old region: each pipeline's ownership goes to region `to`
+    /// with region epoch + 1, and its partitions stop at a checkpoint and are released
+    /// (as for a pause); nothing of them is assigned here again.
+    HandOver {
+        pipelines: Vec<String>,
+        to: String,
+    },
+    /// Ownership comes to this region: each pipeline (with its region epoch set), as
+    /// another region's snapshot holds it, with that snapshot's checkpoints. Its
+    /// partitions start unassigned, each with an epoch above every one of the snapshot
+    /// and of this region. Refused whole when this region knows one of them at an equal
+    /// or higher region epoch.
+    Adopt {
+        pipelines: Vec<Pipeline>,
+        #[serde(with = "pairs")]
+        checkpoints: BTreeMap<PartitionKey, Checkpoint>,
+        /// The snapshot's finished partitions.
+        finished: Vec<PartitionKey>,
+        /// The snapshot's epoch counter.
+        last_epoch: u64,
+    },
+    /// An ownership record names region `region` with a higher region epoch than this
+    /// region's: the pipeline stops here at once (every partition unassigned, its
+    /// epoch raised, so that no commit of it is taken) and stands by.
+    Disown {
+        pipeline: String,
+        region: String,
+        region_epoch: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -200,6 +250,10 @@ pub enum Outcome {
     },
     PipelineVersion {
         version: u64,
+    },
+    /// The region epoch each handed-over pipeline got.
+    HandedOver {
+        epochs: Vec<(String, u64)>,
     },
     /// Moves of a plan that were applied.
     Applied {
@@ -237,6 +291,10 @@ pub enum Refusal {
         given: u64,
         current: u64,
     },
+    #[error(
+        "pipeline {pipeline:?} is owned by region {region:?}: manage it there, or fail it over"
+    )]
+    OwnedElsewhere { pipeline: String, region: String },
     #[error(transparent)]
     Invalid(FieldError),
 }
@@ -280,7 +338,8 @@ impl ClusterState {
                 spec,
                 partitions,
                 gpu,
-            } => self.put_pipeline(name, spec, *partitions, *gpu),
+                automatic_failover,
+            } => self.put_pipeline(name, spec, *partitions, *gpu, *automatic_failover),
             Command::SetPaused { name, paused } => self.set_paused(name, *paused),
             Command::DeletePipeline { name } => {
                 self.pipelines
@@ -309,6 +368,18 @@ impl ClusterState {
                 self.commit_checkpoint(pipeline, *partition, *epoch, *position)
             }
             Command::Restore { state } => self.restore(state),
+            Command::HandOver { pipelines, to } => self.hand_over(pipelines, to),
+            Command::Adopt {
+                pipelines,
+                checkpoints,
+                finished,
+                last_epoch,
+            } => self.adopt(pipelines, checkpoints, finished, *last_epoch),
+            Command::Disown {
+                pipeline,
+                region,
+                region_epoch,
+            } => Ok(self.disown(pipeline, region, *region_epoch)),
             Command::RecordPeerSnapshot { snapshot } => {
                 let newer = self.peer_snapshot.as_ref().is_none_or(|known| {
                     known.region != snapshot.region || known.sequence < snapshot.sequence
@@ -319,6 +390,111 @@ impl ClusterState {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// The pipeline, if this region owns it.
+    fn local(&self, name: &str) -> Result<&Pipeline, Refusal> {
+        let pipeline = self
+            .pipelines
+            .get(name)
+            .ok_or_else(|| Refusal::UnknownPipeline(name.to_string()))?;
+        match &pipeline.owned_by {
+            None => Ok(pipeline),
+            Some(region) => Err(Refusal::OwnedElsewhere {
+                pipeline: name.to_string(),
+                region: region.clone(),
+            }),
+        }
+    }
+
+    fn hand_over(&mut self, pipelines: &[String], to: &str) -> Result<Outcome, Refusal> {
+        for name in pipelines {
+            self.local(name)?;
+        }
+        let mut epochs = Vec::new();
+        for name in pipelines {
+            let pipeline = self.pipelines.get_mut(name).expect("checked above");
+            pipeline.region_epoch += 1;
+            pipeline.owned_by = Some(to.to_string());
+            epochs.push((name.clone(), pipeline.region_epoch));
+            // As for a pause: each owner stops at a checkpoint and releases to nobody.
+            for ((p, _), a) in self.assignments.iter_mut() {
+                if p == name && a.owner.is_some() {
+                    a.target = None;
+                }
+            }
+        }
+        Ok(Outcome::HandedOver { epochs })
+    }
+
+    fn adopt(
+        &mut self,
+        pipelines: &[Pipeline],
+        checkpoints: &BTreeMap<PartitionKey, Checkpoint>,
+        finished: &[PartitionKey],
+        last_epoch: u64,
+    ) -> Result<Outcome, Refusal> {
+        for p in pipelines {
+            if let Some(known) = self.pipelines.get(&p.name) {
+                if known.region_epoch >= p.region_epoch {
+                    return Err(Refusal::Invalid(FieldError::new(
+                        "region_epoch",
+                        format!(
+                            "{}: this region knows region epoch {} already, not below {}",
+                            p.name, known.region_epoch, p.region_epoch
+                        ),
+                    )));
+                }
+            }
+        }
+        self.last_epoch = self.last_epoch.max(last_epoch);
+        for p in pipelines {
+            let name = &p.name;
+            self.assignments.retain(|(q, _), _| q != name);
+            self.checkpoints.retain(|(q, _), _| q != name);
+            for partition in 0..p.partitions {
+                let key = (name.clone(), partition);
+                if let Some(checkpoint) = checkpoints.get(&key) {
+                    self.checkpoints.insert(key.clone(), *checkpoint);
+                }
+                self.last_epoch += 1;
+                let assignment = Assignment {
+                    owner: None,
+                    epoch: self.last_epoch,
+                    target: None,
+                    finished: finished.contains(&key),
+                };
+                self.assignments.insert(key, assignment);
+            }
+            self.pipelines.insert(
+                name.clone(),
+                Pipeline {
+                    owned_by: None,
+                    ..p.clone()
+                },
+            );
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn disown(&mut self, name: &str, region: &str, region_epoch: u64) -> Outcome {
+        let Some(pipeline) = self.pipelines.get_mut(name) else {
+            return Outcome::Done;
+        };
+        if pipeline.region_epoch >= region_epoch {
+            return Outcome::Done;
+        }
+        pipeline.region_epoch = region_epoch;
+        pipeline.owned_by = Some(region.to_string());
+        for ((p, _), a) in self.assignments.iter_mut() {
+            if p == name {
+                self.last_epoch += 1;
+                a.epoch = self.last_epoch;
+                a.owner = None;
+                a.target = None;
+            }
+        }
+        Outcome::Done
     }
 
     fn restore(&mut self, snapshot: &ClusterState) -> Result<Outcome, Refusal> {
@@ -332,7 +508,18 @@ impl ClusterState {
                 ),
             )));
         }
-        self.pipelines = snapshot.pipelines.clone();
+        // Every pipeline of the snapshot is this region's now (one it stood by for too).
+        self.pipelines = snapshot
+            .pipelines
+            .values()
+            .map(|p| {
+                let restored = Pipeline {
+                    owned_by: None,
+                    ..p.clone()
+                };
+                (p.name.clone(), restored)
+            })
+            .collect();
         self.checkpoints = snapshot.checkpoints.clone();
         self.last_epoch = self.last_epoch.max(snapshot.last_epoch);
         self.assignments = snapshot
@@ -381,6 +568,7 @@ impl ClusterState {
         spec: &str,
         partitions: u32,
         gpu: bool,
+        automatic_failover: bool,
     ) -> Result<Outcome, Refusal> {
         if partitions == 0 {
             return Err(Refusal::Invalid(FieldError::new(
@@ -388,9 +576,12 @@ impl ClusterState {
                 "must be at least 1",
             )));
         }
-        let (version, paused) = match self.pipelines.get(name) {
-            Some(p) => (p.version + 1, p.paused),
-            None => (1, false),
+        let (version, paused, region_epoch) = match self.pipelines.get(name) {
+            Some(_) => {
+                let p = self.local(name)?;
+                (p.version + 1, p.paused, p.region_epoch)
+            }
+            None => (1, false, 1),
         };
         // Fewer partitions than before: the extra ones are dropped with their checkpoints;
         // new ones start unassigned. A new spec may read further: finished partitions run
@@ -429,12 +620,16 @@ impl ClusterState {
                 partitions,
                 gpu,
                 paused,
+                automatic_failover,
+                owned_by: None,
+                region_epoch,
             },
         );
         Ok(Outcome::PipelineVersion { version })
     }
 
     fn set_paused(&mut self, name: &str, paused: bool) -> Result<Outcome, Refusal> {
+        self.local(name)?;
         let pipeline = self
             .pipelines
             .get_mut(name)
@@ -457,7 +652,10 @@ impl ClusterState {
     fn apply_plan(&mut self, moves: &[Move]) -> Outcome {
         let mut applied = 0;
         for m in moves {
-            let runnable = self.pipelines.get(&m.pipeline).is_some_and(|p| !p.paused)
+            let runnable = self
+                .pipelines
+                .get(&m.pipeline)
+                .is_some_and(|p| !p.paused && p.is_local())
                 && self.executors.get(&m.to).is_some_and(|e| !e.draining);
             let Some(a) = self.assignments.get_mut(&(m.pipeline.clone(), m.partition)) else {
                 continue;
@@ -666,6 +864,7 @@ mod tests {
             spec: String::new(),
             partitions: 1,
             gpu: false,
+            automatic_failover: false,
         });
         state
     }
@@ -705,6 +904,94 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_over_stops_the_pipeline_here_and_its_adoption_resumes_at_the_checkpoints() {
+        let key = ("p".to_string(), 0);
+        let mut old = one_partition();
+        assign(&mut old, "a");
+        let epoch = old.assignments[&key].epoch;
+        assert_eq!(commit(&mut old, "a", epoch, 10), Outcome::Done);
+        let handed = old.apply(&Command::HandOver {
+            pipelines: vec!["p".into()],
+            to: "west".into(),
+        });
+        assert_eq!(
+            handed,
+            Outcome::HandedOver {
+                epochs: vec![("p".into(), 2)]
+            }
+        );
+        // The owner stops at a checkpoint and releases; nothing is assigned here again.
+        assert_eq!(old.assignments[&key].target, None);
+        assert_eq!(commit(&mut old, "a", epoch, 12), Outcome::Done);
+        old.apply(&Command::Release {
+            pipeline: "p".into(),
+            partition: 0,
+            executor: "a".into(),
+            epoch,
+            finished: false,
+        });
+        assert_eq!(old.assignments[&key].owner, None);
+        let live = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        assert!(crate::planner::plan(&old, &live, 4).is_empty());
+        assert!(matches!(
+            old.apply(&Command::SetPaused {
+                name: "p".into(),
+                paused: true
+            }),
+            Outcome::Refused(Refusal::OwnedElsewhere { .. })
+        ));
+
+        // The other region adopts it from the old region's state.
+        let mut new = ClusterState::default();
+        register(&mut new, "w1");
+        let adopt = Command::Adopt {
+            pipelines: vec![old.pipelines["p"].clone()],
+            checkpoints: old.checkpoints.clone(),
+            finished: Vec::new(),
+            last_epoch: old.last_epoch,
+        };
+        assert_eq!(new.apply(&adopt), Outcome::Done);
+        let adopted = &new.pipelines["p"];
+        assert!(adopted.is_local());
+        assert_eq!(adopted.region_epoch, 2);
+        assert_eq!(new.checkpoints[&key].position, 12);
+        assert!(new.assignments[&key].epoch > old.last_epoch);
+        let live = BTreeSet::from(["w1".to_string()]);
+        assert_eq!(crate::planner::plan(&new, &live, 4).len(), 1);
+        // The same adoption again (or an older one) is refused whole.
+        assert!(matches!(
+            new.apply(&adopt),
+            Outcome::Refused(Refusal::Invalid(FieldError { ref field, .. })) if field == "region_epoch"
+        ));
+    }
+
+    #[test]
+    fn a_disowned_pipeline_stops_at_once_and_its_old_owner_can_commit_nothing() {
+        let key = ("p".to_string(), 0);
+        let mut state = one_partition();
+        assign(&mut state, "a");
+        let epoch = state.assignments[&key].epoch;
+        let disown = |region_epoch| Command::Disown {
+            pipeline: "p".into(),
+            region: "west".into(),
+            region_epoch,
+        };
+        // A record at this region's own epoch changes nothing.
+        state.apply(&disown(1));
+        assert!(state.pipelines["p"].is_local());
+        state.apply(&disown(3));
+        let p = &state.pipelines["p"];
+        assert_eq!((p.owned_by.as_deref(), p.region_epoch), (Some("west"), 3));
+        assert_eq!(state.assignments[&key].owner, None);
+        assert!(matches!(
+            commit(&mut state, "a", epoch, 10),
+            Outcome::Refused(_)
+        ));
+        let live = BTreeSet::from(["a".to_string()]);
+        assert!(crate::planner::plan(&state, &live, 4).is_empty());
+    }
+
+    #[test]
     fn a_finished_partition_frees_its_slot_until_the_spec_is_replaced() {
         let mut state = one_partition();
         assign(&mut state, "a");
@@ -732,6 +1019,7 @@ mod tests {
             spec,
             partitions: 1,
             gpu: false,
+            automatic_failover: false,
         });
         assert!(!state.assignments[&("p".to_string(), 0)].finished);
         assert_eq!(
@@ -761,6 +1049,7 @@ mod tests {
             spec: String::new(),
             partitions: 1,
             gpu: false,
+            automatic_failover: false,
         });
         assign(&mut state, "b");
         assert!(state.assignments[&("p".to_string(), 0)].epoch > first + 1);

@@ -103,9 +103,10 @@ pub fn refused(refusal: Refusal) -> Status {
             Status::not_found(message)
         }
         Refusal::UnknownExecutor(_) => Status::not_found(format!("executor_id: {message}")),
-        Refusal::StaleEpoch { .. } | Refusal::NotOwner { .. } | Refusal::Backwards { .. } => {
-            Status::failed_precondition(message)
-        }
+        Refusal::StaleEpoch { .. }
+        | Refusal::NotOwner { .. }
+        | Refusal::Backwards { .. }
+        | Refusal::OwnedElsewhere { .. } => Status::failed_precondition(message),
         Refusal::Invalid(error) => invalid(&error),
     }
 }

@@ -55,6 +55,21 @@ pub struct PipelineSpec {
     pub batching: BatchingSpec,
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// What the other region does when this pipeline's region falls silent.
+    #[serde(default)]
+    pub failover: FailoverMode,
+}
+
+/// `failover:` of a pipeline spec.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// Only `mirador admin failover` moves it to the other region.
+    #[default]
+    Manual,
+    /// The other region takes it over by itself once this one has been silent for its
+    /// coordinators' `failover.after_secs`.
+    Automatic,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

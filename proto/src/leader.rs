@@ -43,21 +43,27 @@ fn redirect(status: &Status) -> Option<String> {
 
 /// A lazily connected channel per address; one is used at a time, the leader's.
 pub struct LeaderChannel {
+    options: ChannelOptions,
     addresses: Mutex<Vec<String>>,
     current: Mutex<(usize, Option<Channel>)>,
     /// How long a call keeps retrying before it gives up.
     patience: Duration,
 }
 
-fn endpoint(addr: &str) -> Result<Channel, Status> {
-    transport::channel(addr, &ChannelOptions::control())
-        .map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
 impl LeaderChannel {
     /// `addresses`: `host:port` of the region's coordinators (any of them).
     pub fn new(addresses: Vec<String>, patience: Duration) -> Self {
+        Self::with_options(addresses, patience, ChannelOptions::control())
+    }
+
+    /// As [`LeaderChannel::new`], each channel built with `options`.
+    pub fn with_options(
+        addresses: Vec<String>,
+        patience: Duration,
+        options: ChannelOptions,
+    ) -> Self {
         LeaderChannel {
+            options,
             addresses: Mutex::new(addresses),
             current: Mutex::new((0, None)),
             patience,
@@ -73,7 +79,9 @@ impl LeaderChannel {
         let index = current.0 % addresses.len();
         let addr = addresses[index].clone();
         if current.1.is_none() {
-            current.1 = Some(endpoint(&addr)?);
+            let channel = transport::channel(&addr, &self.options)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            current.1 = Some(channel);
         }
         Ok((addr, current.1.clone().expect("set above")))
     }

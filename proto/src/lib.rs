@@ -29,6 +29,10 @@ pub mod raft {
     tonic::include_proto!("mirador.raft.v1");
 }
 
+pub mod region {
+    tonic::include_proto!("mirador.region.v1");
+}
+
 pub mod snapshot {
     tonic::include_proto!("mirador.snapshot.v1");
 }

@@ -39,6 +39,15 @@ impl ChannelOptions {
         }
     }
 
+    /// As [`ChannelOptions::control`], for calls that wait on other work by design (a
+    /// failover waits for partitions to stop and for the other region): two minutes.
+    pub const fn long_calls() -> Self {
+        ChannelOptions {
+            request_timeout: Some(Duration::from_secs(120)),
+            ..Self::control()
+        }
+    }
+
     /// Raft traffic between coordinators: each RPC sets its own deadline.
     pub const fn raft(connect_timeout: Duration) -> Self {
         ChannelOptions {

@@ -258,7 +258,10 @@ impl<'a> Planner<'a> {
 
     /// The pipeline of a partition, unless it is paused (or gone).
     fn active(&self, key: &PartitionKey) -> Option<&'a Pipeline> {
-        self.state.pipelines.get(&key.0).filter(|p| !p.paused)
+        self.state
+            .pipelines
+            .get(&key.0)
+            .filter(|p| !p.paused && p.is_local())
     }
 
     fn pipeline(&self, key: &PartitionKey) -> &'a Pipeline {

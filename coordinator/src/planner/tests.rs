@@ -24,6 +24,7 @@ fn put_pipeline(state: &mut ClusterState, name: &str, partitions: u32, gpu: bool
         spec: String::new(),
         partitions,
         gpu,
+        automatic_failover: false,
     });
 }
 
@@ -383,6 +384,9 @@ fn scenario(gpu: bool, faults: bool) -> impl Strategy<Value = Scenario> {
                     partitions,
                     gpu,
                     paused,
+                    automatic_failover: false,
+                    owned_by: None,
+                    region_epoch: 1,
                 };
                 state.pipelines.insert(name, pipeline);
             }

@@ -210,5 +210,6 @@ pub fn regions(snapshots: &Snapshots, raft: &RaftNode) -> RegionsResponse {
             partitions: p.partitions,
             ..SnapshotInfo::default()
         }),
+        ..RegionsResponse::default()
     }
 }

@@ -116,6 +116,9 @@ pub fn encode_body(state: &ClusterState) -> Vec<u8> {
                 partitions: p.partitions,
                 gpu: p.gpu,
                 paused: p.paused,
+                owned_by: p.owned_by.clone(),
+                region_epoch: p.region_epoch,
+                automatic_failover: p.automatic_failover,
             })
             .collect(),
         partitions,
@@ -156,6 +159,9 @@ pub fn decode_body(body: &[u8]) -> Result<ClusterState, Invalid> {
                 partitions: p.partitions,
                 gpu: p.gpu,
                 paused: p.paused,
+                automatic_failover: p.automatic_failover,
+                owned_by: p.owned_by,
+                region_epoch: p.region_epoch,
             },
         );
     }
@@ -258,6 +264,7 @@ mod tests {
                 spec: "name: p\n".into(),
                 partitions: 3,
                 gpu: false,
+                automatic_failover: false,
             },
         ] {
             state.apply(&command);

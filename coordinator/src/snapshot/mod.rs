@@ -39,17 +39,6 @@ pub struct SnapshotFile {
     /// Where: a directory, or `{url, options}` for S3 or GCS. Default: `snapshots` in the
     /// node's data directory (each coordinator its own: name a shared store for a region).
     pub store: Option<StoreConfig>,
-    /// The other region: each snapshot is copied into its store, and its copies in this
-    /// region's store are catalogued.
-    pub peer: Option<PeerFile>,
-}
-
-/// `snapshot.peer`: the other region and its snapshot store.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerFile {
-    pub region: String,
-    pub store: StoreConfig,
 }
 
 impl Default for SnapshotFile {
@@ -58,7 +47,6 @@ impl Default for SnapshotFile {
             interval_ms: 5_000,
             keep: 10,
             store: None,
-            peer: None,
         }
     }
 }
@@ -86,12 +74,7 @@ impl SnapshotFile {
     /// Checks the settings that need no store.
     pub fn validate(&self, region: &str) -> Result<(), mirador_spec::FieldError> {
         use mirador_spec::FieldError;
-        if region.is_empty() || region.contains('/') {
-            return Err(FieldError::new(
-                "region",
-                format!("{region:?} is not a region name (not empty, no '/')"),
-            ));
-        }
+        store::check_region("region", region)?;
         if !(100..=3_600_000).contains(&self.interval_ms) {
             return Err(FieldError::new(
                 "snapshot.interval_ms",
@@ -104,36 +87,26 @@ impl SnapshotFile {
                 format!("{} is invalid: between 1 and 10000", self.keep),
             ));
         }
-        if let Some(peer) = &self.peer {
-            if peer.region.is_empty() || peer.region.contains('/') || peer.region == region {
-                return Err(FieldError::new(
-                    "snapshot.peer.region",
-                    format!(
-                        "{:?} is not the other region's name (not empty, no '/', not {region:?})",
-                        peer.region
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
 
     /// Checks the settings and opens the store for `region` (`default_dir` when none is
-    /// named).
+    /// named), and the other region's when there is one.
     pub fn open(
         &self,
         region: &str,
         default_dir: &std::path::Path,
+        peer: Option<&crate::region::PeerFile>,
     ) -> Result<SnapshotConfig, mirador_spec::FieldError> {
         self.validate(region)?;
         let store = match &self.store {
             Some(store) => store.clone(),
             None => StoreConfig::Url(default_dir.display().to_string()),
         };
-        let peer = match &self.peer {
+        let peer = match peer {
             Some(peer) => Some(PeerStores {
                 region: peer.region.clone(),
-                copies: SnapshotStore::open(&peer.store, region, "snapshot.peer.store")?,
+                copies: SnapshotStore::open(&peer.store, region, "peer.store")?,
                 incoming: SnapshotStore::open(&store, &peer.region, "snapshot.store")?,
             }),
             None => None,

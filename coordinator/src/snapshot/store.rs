@@ -10,6 +10,13 @@
 //!
 //! The body's name carries the writer's node id, so that two coordinators that both
 //! believe they lead never write one body; only one of them creates the manifest.
+//!
+//! Beside the regions' folders lie the ownership records of pipelines, one object per
+//! change of owning region, created only if absent and never rewritten:
+//!
+//! ```text
+//! <prefix>/_ownership/<pipeline>/00000000000000000003    "west": west owns it from epoch 3
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,6 +87,8 @@ impl StoreConfig {
 pub struct SnapshotStore {
     store: Arc<dyn ObjectStore>,
     folder: Path,
+    /// The pipelines' ownership records.
+    ownership: Path,
     region: String,
     url: String,
 }
@@ -115,6 +124,28 @@ fn parse_name(name: &str) -> Option<(u64, &str)> {
         return None;
     }
     Some((sequence.parse().ok()?, rest))
+}
+
+/// The folder of the ownership records, beside the regions' (a region's name has no '_'
+/// first).
+const OWNERSHIP: &str = "_ownership";
+
+/// The newest ownership record of a pipeline: from `epoch` on, `region` owns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub epoch: u64,
+    pub region: String,
+}
+
+/// A region's name: not empty, no '/', not '_' first (the ownership records' folder).
+pub fn check_region(field: &str, region: &str) -> Result<(), FieldError> {
+    if region.is_empty() || region.contains('/') || region.starts_with('_') {
+        return Err(FieldError::new(
+            field,
+            format!("{region:?} is not a region name (not empty, no '/', not '_' first)"),
+        ));
+    }
+    Ok(())
 }
 
 fn key_name(sequence: u64) -> String {
@@ -163,21 +194,19 @@ impl SnapshotStore {
                 .map_err(|e| store_error(field, format!("{dir}: {e}")))?;
             (Arc::new(local), String::new())
         };
-        if region.is_empty() || region.contains('/') {
-            return Err(FieldError::new(
-                "region",
-                format!("{region:?} is not a region name (not empty, no '/')"),
-            ));
-        }
+        check_region("region", region)?;
         let prefix = prefix.trim_matches('/');
-        let folder = if prefix.is_empty() {
-            Path::from(region)
-        } else {
-            Path::from(format!("{prefix}/{region}"))
+        let under = |name: &str| {
+            if prefix.is_empty() {
+                Path::from(name)
+            } else {
+                Path::from(format!("{prefix}/{name}"))
+            }
         };
         Ok(SnapshotStore {
             store,
-            folder,
+            folder: under(region),
+            ownership: under(OWNERSHIP),
             region: region.to_string(),
             url: url.to_string(),
         })
@@ -408,6 +437,65 @@ impl SnapshotStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Records that `region` owns `pipeline` from region epoch `epoch` on. `Ok(false)`: a
+    /// record of that epoch exists already (this region's, or another's that won).
+    pub async fn claim(&self, pipeline: &str, epoch: u64, region: &str) -> anyhow::Result<bool> {
+        let path = self
+            .ownership
+            .clone()
+            .join(pipeline)
+            .join(key_name(epoch).as_str());
+        let result = self
+            .store
+            .put_opts(
+                &path,
+                PutPayload::from(region.as_bytes().to_vec()),
+                PutMode::Create.into(),
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let holder = self.get(&path).await?.unwrap_or_default();
+                Ok(holder.as_ref() == region.as_bytes())
+            }
+            Err(e) => Err(anyhow::anyhow!("{}: cannot create {path}: {e}", self.url)),
+        }
+    }
+
+    /// The newest ownership record of each pipeline that has one.
+    pub async fn owners(&self) -> anyhow::Result<BTreeMap<String, Owner>> {
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&self.ownership))
+            .try_collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: cannot list {}: {e}", self.url, self.ownership))?;
+        let mut newest: BTreeMap<String, (u64, Path)> = BTreeMap::new();
+        for object in objects {
+            let parts: Vec<_> = object.location.parts().collect();
+            let [.., pipeline, epoch] = parts.as_slice() else {
+                continue;
+            };
+            let (pipeline, epoch) = (pipeline.as_ref(), epoch.as_ref());
+            let Ok(epoch) = epoch.parse::<u64>() else {
+                continue;
+            };
+            if newest.get(pipeline).is_none_or(|(known, _)| *known < epoch) {
+                newest.insert(pipeline.to_string(), (epoch, object.location.clone()));
+            }
+        }
+        let mut owners = BTreeMap::new();
+        for (pipeline, (epoch, path)) in newest {
+            let Some(region) = self.get(&path).await? else {
+                continue;
+            };
+            let region = String::from_utf8_lossy(&region).into_owned();
+            owners.insert(pipeline, Owner { epoch, region });
+        }
+        Ok(owners)
     }
 
     /// Writes raw bytes under the region's folder: for tests that damage a snapshot, and

@@ -14,6 +14,7 @@ pub fn state(n: usize, partitions: u32) -> ClusterState {
             spec: format!("name: p{i}\n"),
             partitions,
             gpu: false,
+            automatic_failover: false,
         });
     }
     state

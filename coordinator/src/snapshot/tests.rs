@@ -188,3 +188,30 @@ async fn retention_keeps_the_newest_and_a_write_under_way() {
         .collect();
     assert_eq!(listed, [6, 5, 4]);
 }
+
+#[tokio::test]
+async fn ownership_records_are_taken_once_per_epoch_and_the_newest_one_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (east, west) = (open(dir.path(), "east"), open(dir.path(), "west"));
+    assert!(east.owners().await.unwrap().is_empty());
+    assert!(east.claim("p", 1, "east").await.unwrap());
+    assert!(
+        east.claim("p", 1, "east").await.unwrap(),
+        "the same claim again"
+    );
+    // The regions share the store's records: west loses epoch 1 and takes epoch 2.
+    assert!(!west.claim("p", 1, "west").await.unwrap());
+    assert!(west.claim("p", 2, "west").await.unwrap());
+    assert!(east.claim("q", 7, "east").await.unwrap());
+    let owners = east.owners().await.unwrap();
+    let owner = |name: &str| {
+        let o = &owners[name];
+        (o.epoch, o.region.as_str())
+    };
+    assert_eq!(owner("p"), (2, "west"));
+    assert_eq!(owner("q"), (7, "east"));
+    // Snapshots and records live side by side: neither lists the other.
+    assert!(write(&east, 1, 1, &state(1)).await);
+    assert_eq!(east.list().await.unwrap().len(), 1);
+    assert_eq!(west.owners().await.unwrap(), owners);
+}
