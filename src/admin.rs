@@ -742,7 +742,7 @@ fn pipeline_json(p: &PipelineInfo) -> Value {
     json!({
         "name": p.name, "version": p.version, "partitions": p.partitions,
         "gpu": p.gpu, "paused": p.paused, "region": p.region, "region_epoch": p.region_epoch,
-        "automatic_failover": p.automatic_failover,
+        "failover": p.failover,
         "assignments": p.assignments.iter().map(|a| json!({
             "partition": a.partition, "owner": a.owner, "epoch": a.epoch,
             "moving_to": a.moving_to, "checkpoint": a.checkpoint, "lag": a.lag,
@@ -769,10 +769,10 @@ fn render_pipeline(p: &PipelineInfo) -> String {
         if p.paused { ", paused" } else { "" },
         p.region,
         p.region_epoch,
-        if p.automatic_failover {
-            ", automatic failover"
-        } else {
-            ""
+        match p.failover.as_str() {
+            "automatic" => ", automatic failover",
+            "active_active" => ", active-active",
+            _ => "",
         }
     );
     out += &table(

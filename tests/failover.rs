@@ -408,3 +408,94 @@ fn a_region_killed_whole_is_taken_over_by_itself_and_does_not_run_it_when_back()
     );
     assert_eq!(described(&pair.west)["region"], "east");
 }
+
+/// The sequence numbers of the committed copies of `region`'s snapshots in `store`,
+/// newest first, with each one's body.
+fn copies(store: &Path, region: &str) -> Vec<(u64, PathBuf)> {
+    let folder = store.join(region);
+    let mut manifests: Vec<u64> = std::fs::read_dir(&folder)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".manifest")?.parse().ok()
+        })
+        .collect();
+    manifests.sort_unstable_by(|a, b| b.cmp(a));
+    manifests
+        .into_iter()
+        .map(|sequence| {
+            let body = std::fs::read_dir(&folder)
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    name.starts_with(&format!("{sequence:020}.")) && name.ends_with(".body")
+                })
+                .unwrap_or_else(|| panic!("the body of copy {sequence}"));
+            (sequence, body)
+        })
+        .collect()
+}
+
+#[test]
+fn a_forced_failover_passes_over_damaged_snapshots_and_loses_nothing() {
+    let mut pair = Pair::start();
+    pair.create("manual");
+    pair.wait_records(&pair.east, "a few snapshots' worth", 0, 3000);
+    pair.east.kill_all();
+    let killed = Instant::now();
+
+    // East's three newest copies in west's store: a flipped bit, a truncated body, a
+    // manifest gone (as if its writer died before committing it).
+    let copies = copies(pair._stores.1.path(), "east");
+    assert!(copies.len() >= 4, "{copies:?}");
+    let mut flipped = std::fs::read(&copies[0].1).unwrap();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    std::fs::write(&copies[0].1, flipped).unwrap();
+    let whole = std::fs::read(&copies[1].1).unwrap();
+    std::fs::write(&copies[1].1, &whole[..whole.len() / 2]).unwrap();
+    let manifest = pair
+        ._stores
+        .1
+        .path()
+        .join("east")
+        .join(format!("{:020}.manifest", copies[2].0));
+    std::fs::remove_file(manifest).unwrap();
+
+    // A planned failover needs east, which is gone; a forced one does not.
+    let before = offsets(&pair.sink()).len();
+    let done = pair
+        .west
+        .admin(&["failover", "--to", "west", "--force"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    assert_eq!(done["pipelines"], serde_json::json!(["gen"]));
+    assert_eq!(
+        done["snapshot"]["sequence"].as_u64(),
+        Some(copies[3].0),
+        "the newest whole snapshot, past the three damaged ones"
+    );
+    pair.wait_records(&pair.west, "west's records", before, 1000);
+    println!(
+        "forced failover: west processing {} ms after east's death",
+        killed.elapsed().as_millis()
+    );
+    let counts = offsets(&pair.sink());
+    assert_nothing_lost(&counts);
+    // Three snapshots further back than the newest: three intervals more to repeat.
+    let bound = (RATE * PARTITIONS * (4 * SNAPSHOT_MS + CHECKPOINT_MS) / 1000 + PARTITIONS * BATCH)
+        as usize;
+    assert!(
+        duplicates(&counts) <= bound,
+        "{} repeated, bound {bound}",
+        duplicates(&counts)
+    );
+    // A second forced failover finds nothing left to take.
+    let error = pair
+        .west
+        .admin(&["failover", "--to", "west", "--force", "gen"])
+        .unwrap_err();
+    assert!(error.contains("runs in this region already"), "{error}");
+}

@@ -134,6 +134,8 @@ impl CoordinatorNode {
 /// Coordinators and executors on loopback, in a scratch directory.
 pub struct Region {
     binary: PathBuf,
+    /// The config's `region:`, given to its executors too.
+    name: Option<String>,
     pub dir: tempfile::TempDir,
     pub coordinators: Vec<CoordinatorNode>,
     pub executors: Vec<Node>,
@@ -182,8 +184,13 @@ impl Region {
                 CoordinatorNode::start(binary, dir.path(), id, address, &args)
             })
             .collect();
+        let name = config
+            .lines()
+            .find_map(|line| line.strip_prefix("region: "))
+            .map(|name| name.trim().to_string());
         Region {
             binary: binary.to_path_buf(),
+            name,
             dir,
             coordinators,
             executors: Vec::new(),
@@ -224,7 +231,7 @@ impl Region {
     }
 
     pub fn add_executor(&mut self, id: &str, slots: u32) {
-        let args = vec![
+        let mut args = vec![
             "executor".to_string(),
             "--id".into(),
             id.into(),
@@ -233,6 +240,9 @@ impl Region {
             "--slots".into(),
             slots.to_string(),
         ];
+        if let Some(name) = &self.name {
+            args.extend(["--region".to_string(), name.clone()]);
+        }
         let node = Node::start(&self.binary, id, args, self.dir.path());
         self.executors.push(node);
     }

@@ -28,8 +28,8 @@ pub struct ValidPipeline {
     pub name: String,
     pub partitions: u32,
     pub gpu: bool,
-    /// `failover: automatic`.
-    pub automatic_failover: bool,
+    /// Its `failover:` mode.
+    pub failover: mirador_spec::FailoverMode,
 }
 
 pub use mirador_spec::FieldError;
@@ -193,7 +193,7 @@ impl AdminEndpoint {
                 .clone()
                 .unwrap_or_else(|| self.regions.names().0.to_string()),
             region_epoch: p.region_epoch,
-            automatic_failover: p.automatic_failover,
+            failover: p.failover.as_str().to_string(),
         })
     }
 
@@ -250,7 +250,7 @@ impl AdminEndpoint {
             spec,
             partitions: valid.partitions,
             gpu: valid.gpu,
-            automatic_failover: valid.automatic_failover,
+            failover: valid.failover,
         })
         .await?;
         self.pipeline_info(&self.raft.state(), &valid.name)

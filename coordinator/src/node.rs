@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::future::BoxFuture;
-use mirador_spec::{DeviceSpec, FailoverMode, PipelineSpec};
+use mirador_spec::{DeviceSpec, PipelineSpec};
 use serde::Deserialize;
 
 use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
@@ -47,7 +47,7 @@ impl PipelineValidator for SpecValidator {
             name: spec.name.clone(),
             partitions,
             gpu: spec.model.device == DeviceSpec::Cuda,
-            automatic_failover: spec.failover == FailoverMode::Automatic,
+            failover: spec.failover,
         })
     }
 }

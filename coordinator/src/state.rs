@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use mirador_spec::FieldError;
+use mirador_spec::{FailoverMode, FieldError};
 use serde::{Deserialize, Serialize};
 
 /// An executor node, as it registered.
@@ -40,10 +40,10 @@ pub struct Pipeline {
     /// Scored on a GPU: only GPU executors may run it.
     pub gpu: bool,
     pub paused: bool,
-    /// Its spec says `failover: automatic`: the other region takes it over by itself when
-    /// this one falls silent.
+    /// Its spec's `failover:`: whether the other region takes it over by itself when this
+    /// one falls silent, or runs it too (active-active).
     #[serde(default)]
-    pub automatic_failover: bool,
+    pub failover: FailoverMode,
     /// `None`: this region owns and runs it. `Some(region)`: the other region owns it
     /// (it was handed over or taken over) and this region stands by, running nothing.
     #[serde(default)]
@@ -164,7 +164,7 @@ pub enum Command {
         partitions: u32,
         gpu: bool,
         #[serde(default)]
-        automatic_failover: bool,
+        failover: FailoverMode,
     },
     SetPaused {
         name: String,
@@ -338,8 +338,8 @@ impl ClusterState {
                 spec,
                 partitions,
                 gpu,
-                automatic_failover,
-            } => self.put_pipeline(name, spec, *partitions, *gpu, *automatic_failover),
+                failover,
+            } => self.put_pipeline(name, spec, *partitions, *gpu, *failover),
             Command::SetPaused { name, paused } => self.set_paused(name, *paused),
             Command::DeletePipeline { name } => {
                 self.pipelines
@@ -568,7 +568,7 @@ impl ClusterState {
         spec: &str,
         partitions: u32,
         gpu: bool,
-        automatic_failover: bool,
+        failover: FailoverMode,
     ) -> Result<Outcome, Refusal> {
         if partitions == 0 {
             return Err(Refusal::Invalid(FieldError::new(
@@ -620,7 +620,7 @@ impl ClusterState {
                 partitions,
                 gpu,
                 paused,
-                automatic_failover,
+                failover,
                 owned_by: None,
                 region_epoch,
             },
@@ -864,7 +864,7 @@ mod tests {
             spec: String::new(),
             partitions: 1,
             gpu: false,
-            automatic_failover: false,
+            failover: mirador_spec::FailoverMode::Manual,
         });
         state
     }
@@ -1019,7 +1019,7 @@ mod tests {
             spec,
             partitions: 1,
             gpu: false,
-            automatic_failover: false,
+            failover: mirador_spec::FailoverMode::Manual,
         });
         assert!(!state.assignments[&("p".to_string(), 0)].finished);
         assert_eq!(
@@ -1049,7 +1049,7 @@ mod tests {
             spec: String::new(),
             partitions: 1,
             gpu: false,
-            automatic_failover: false,
+            failover: mirador_spec::FailoverMode::Manual,
         });
         assign(&mut state, "b");
         assert!(state.assignments[&("p".to_string(), 0)].epoch > first + 1);

@@ -145,7 +145,7 @@ fn put_pipeline(name: &str, partitions: u32) -> Command {
         spec: format!("name: {name}"),
         partitions,
         gpu: false,
-        automatic_failover: false,
+        failover: mirador_spec::FailoverMode::Manual,
     }
 }
 

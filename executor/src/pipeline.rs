@@ -149,6 +149,7 @@ impl PipelineResources {
             partitions: partition_count(&spec).await?,
             context: EncodeContext {
                 feature_names: enrichment.features.clone().into(),
+                region: "".into(),
             },
             latency: Arc::default(),
             reasons: Arc::default(),

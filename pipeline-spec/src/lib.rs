@@ -61,7 +61,7 @@ pub struct PipelineSpec {
 }
 
 /// `failover:` of a pipeline spec.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FailoverMode {
     /// Only `mirador admin failover` moves it to the other region.
@@ -70,6 +70,32 @@ pub enum FailoverMode {
     /// The other region takes it over by itself once this one has been silent for its
     /// coordinators' `failover.after_secs`.
     Automatic,
+    /// Created in both regions, it runs in both at once (each on its own subscription or
+    /// consumer group, into idempotent sinks): never handed over, taken over or stopped
+    /// for the other region.
+    ActiveActive,
+}
+
+impl FailoverMode {
+    /// As the spec writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Manual => "manual",
+            FailoverMode::Automatic => "automatic",
+            FailoverMode::ActiveActive => "active_active",
+        }
+    }
+
+    /// `None`: not a mode.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            FailoverMode::Manual,
+            FailoverMode::Automatic,
+            FailoverMode::ActiveActive,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == text)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -32,7 +32,7 @@ fn large_state(pipelines: usize, partitions: u32) -> ClusterState {
             spec: spec.replace("name: kafka-bigtable", &format!("name: {name}")),
             partitions,
             gpu: false,
-            automatic_failover: false,
+            failover: Default::default(),
         });
         let moves = (0..partitions)
             .map(|partition| Move {

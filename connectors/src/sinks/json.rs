@@ -13,6 +13,8 @@ use crate::event::{Event, FeatureSource, ModelId, ScoredRecord};
 pub struct EncodeContext {
     /// Names of the customer features, in order.
     pub feature_names: Arc<[String]>,
+    /// The region of the executor that scores; empty in one process (`mirador run`).
+    pub region: Arc<str>,
 }
 
 pub trait JsonLine {
@@ -35,6 +37,8 @@ struct ScoredLine<'a> {
     scores: &'a [f32],
     processed_at: &'a str,
     source: SourceRef,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    region: &'a str,
 }
 
 struct FeatureMap<'a> {
@@ -69,6 +73,7 @@ impl JsonLine for ScoredRecord {
                 partition: self.origin.position.partition,
                 offset: self.origin.position.offset,
             },
+            region: &context.region,
         };
         serde_json::to_writer(out, &line).expect("writing to a Vec cannot fail");
     }

@@ -24,7 +24,7 @@ fn put_pipeline(state: &mut ClusterState, name: &str, partitions: u32, gpu: bool
         spec: String::new(),
         partitions,
         gpu,
-        automatic_failover: false,
+        failover: mirador_spec::FailoverMode::Manual,
     });
 }
 
@@ -384,7 +384,7 @@ fn scenario(gpu: bool, faults: bool) -> impl Strategy<Value = Scenario> {
                     partitions,
                     gpu,
                     paused,
-                    automatic_failover: false,
+                    failover: mirador_spec::FailoverMode::Manual,
                     owned_by: None,
                     region_epoch: 1,
                 };

@@ -37,7 +37,7 @@ use mirador_proto::region::{
 };
 use mirador_proto::sync::Locked;
 use mirador_proto::transport::ChannelOptions;
-use mirador_spec::FieldError;
+use mirador_spec::{FailoverMode, FieldError};
 use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
@@ -300,6 +300,9 @@ impl Regions {
             let Some(owner) = records.get(name) else {
                 continue;
             };
+            if pipeline.failover == FailoverMode::ActiveActive {
+                continue;
+            }
             if owner.region != self.region && owner.epoch > pipeline.region_epoch {
                 tracing::warn!(
                     pipeline = %name,
@@ -427,7 +430,8 @@ impl Regions {
                 // What it runs, and what it handed to this region (a hand-over that
                 // this region did not get to adopt).
                 .filter(|p| p.is_local() || p.owned_by.as_deref() == Some(self.region.as_str()))
-                .filter(|p| p.automatic_failover || !automatic)
+                .filter(|p| p.failover != FailoverMode::ActiveActive)
+                .filter(|p| p.failover == FailoverMode::Automatic || !automatic)
                 .filter(|p| !runs_here(&p.name))
                 .map(|p| p.name.clone())
                 .collect()
@@ -446,6 +450,12 @@ impl Regions {
                     return Err(invalid(&FieldError::new(
                         "pipelines",
                         format!("{name:?} runs in this region already"),
+                    )));
+                }
+                if snapshot.pipelines[name].failover == FailoverMode::ActiveActive {
+                    return Err(invalid(&FieldError::new(
+                        "pipelines",
+                        format!("{name:?} is active-active: create it in this region too"),
                     )));
                 }
             }
@@ -696,7 +706,7 @@ impl RegionPeer for Regions {
             pipelines: state
                 .pipelines
                 .values()
-                .filter(|p| p.is_local())
+                .filter(|p| p.is_local() && p.failover != FailoverMode::ActiveActive)
                 .map(|p| p.name.clone())
                 .collect(),
         }))
@@ -731,6 +741,11 @@ impl RegionPeer for Regions {
                 .pipelines
                 .get(name)
                 .ok_or_else(|| Status::not_found(format!("pipelines: no pipeline {name:?}")))?;
+            if pipeline.failover == FailoverMode::ActiveActive {
+                return Err(Status::failed_precondition(format!(
+                    "pipelines: {name:?} is active-active: it runs in both regions"
+                )));
+            }
             match &pipeline.owned_by {
                 None => to_hand.push(name.clone()),
                 // Handed over already: an earlier call that gave up waiting.

@@ -118,7 +118,7 @@ pub fn encode_body(state: &ClusterState) -> Vec<u8> {
                 paused: p.paused,
                 owned_by: p.owned_by.clone(),
                 region_epoch: p.region_epoch,
-                automatic_failover: p.automatic_failover,
+                failover: p.failover.as_str().to_string(),
             })
             .collect(),
         partitions,
@@ -150,6 +150,16 @@ pub fn decode_body(body: &[u8]) -> Result<ClusterState, Invalid> {
         ..ClusterState::default()
     };
     for p in stored.pipelines {
+        // Absent (a snapshot from before the field): manual.
+        let failover = match p.failover.as_str() {
+            "" => mirador_spec::FailoverMode::Manual,
+            text => mirador_spec::FailoverMode::parse(text).ok_or_else(|| {
+                Invalid::Body(format!(
+                    "pipeline {}: failover {text:?} is not a mode",
+                    p.name
+                ))
+            })?,
+        };
         state.pipelines.insert(
             p.name.clone(),
             Pipeline {
@@ -159,7 +169,7 @@ pub fn decode_body(body: &[u8]) -> Result<ClusterState, Invalid> {
                 partitions: p.partitions,
                 gpu: p.gpu,
                 paused: p.paused,
-                automatic_failover: p.automatic_failover,
+                failover,
                 owned_by: p.owned_by,
                 region_epoch: p.region_epoch,
             },
@@ -264,7 +274,7 @@ mod tests {
                 spec: "name: p\n".into(),
                 partitions: 3,
                 gpu: false,
-                automatic_failover: false,
+                failover: mirador_spec::FailoverMode::Manual,
             },
         ] {
             state.apply(&command);

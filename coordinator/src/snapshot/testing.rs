@@ -14,7 +14,7 @@ pub fn state(n: usize, partitions: u32) -> ClusterState {
             spec: format!("name: p{i}\n"),
             partitions,
             gpu: false,
-            automatic_failover: false,
+            failover: mirador_spec::FailoverMode::Manual,
         });
     }
     state

@@ -550,7 +550,10 @@ impl ExecutorAgent {
             return Ok(resources.clone());
         }
         let spec = PipelineSpec::from_yaml(&a.spec)?;
-        let resources = Arc::new(PipelineResources::build(spec, &self.pool).await?);
+        let mut resources = PipelineResources::build(spec, &self.pool).await?;
+        // Each scored record names the region that scored it.
+        resources.context.region = self.config.region.as_str().into();
+        let resources = Arc::new(resources);
         self.resources.locked().insert(key, resources.clone());
         Ok(resources)
     }
