@@ -8,6 +8,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use mirador_proto::sync::Locked;
+
 use super::{KafkaKey, KafkaSinkSpec};
 use crate::sinks::{EncodeContext, MessageRecord, RecordSink, Refused};
 
@@ -29,7 +31,10 @@ fn headers(attributes: &[(&'static str, String)]) -> Option<OwnedHeaders> {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    config: rdkafka::ClientConfig,
+    /// Replaced when it fails for good (a fatal idempotence error after a broker lost its
+    /// producer state): a fatal producer refuses every later record.
+    producer: std::sync::Mutex<FutureProducer>,
     topic: String,
     key: KafkaKey,
     /// Names the pipeline's source in dead-letter headers.
@@ -38,11 +43,13 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     pub fn connect(spec: &KafkaSinkSpec, source: String) -> anyhow::Result<Self> {
-        let producer = super::producer_config(spec)
+        let config = super::producer_config(spec);
+        let producer = config
             .create()
             .map_err(|e| anyhow::anyhow!("kafka producer for {}: {e}", spec.topic))?;
         Ok(KafkaSink {
-            producer,
+            config,
+            producer: std::sync::Mutex::new(producer),
             topic: spec.topic.clone(),
             key: spec.key,
             source,
@@ -54,7 +61,26 @@ impl Drop for KafkaSink {
     fn drop(&mut self) {
         // Dropping a producer discards what it still holds; everything acknowledged was
         // delivered already, so this only shortens a shutdown.
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = self.producer.locked().flush(Duration::from_secs(5));
+    }
+}
+
+impl KafkaSink {
+    /// A producer in a fatal state is replaced by a new one (a new producer id): the
+    /// batch is then written again, as after any failure.
+    fn renew_if_fatal(&self, producer: &FutureProducer) {
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return;
+        };
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(topic = %self.topic, %code, %reason, "kafka producer failed for good: replaced");
+                *self.producer.locked() = fresh;
+            }
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "kafka producer failed for good and cannot be replaced yet")
+            }
+        }
     }
 }
 
@@ -65,9 +91,13 @@ impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
         context: &'a EncodeContext,
     ) -> BoxFuture<'a, Result<Refused, StageError>> {
         Box::pin(async move {
-            let unavailable = |message: String| StageError::Unavailable {
-                service: "kafka sink",
-                message,
+            let producer = self.producer.locked().clone();
+            let unavailable = |message: String| {
+                self.renew_if_fatal(&producer);
+                StageError::Unavailable {
+                    service: "kafka sink",
+                    message,
+                }
             };
             let now = crate::event::format_millis(chrono::Utc::now().timestamp_millis());
             let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(batch.len());
@@ -83,7 +113,7 @@ impl<T: MessageRecord + Send + Sync + 'static> RecordSink<T> for KafkaSink {
                     if let Some(headers) = headers(&record.attributes(&self.source)) {
                         message = message.headers(headers);
                     }
-                    match self.producer.send_result(message) {
+                    match producer.send_result(message) {
                         Ok(delivery) => {
                             pending.push((index, delivery));
                             break;

@@ -95,6 +95,10 @@ pub struct ExecutorAgent {
     /// The last snapshots of the partitions that ran to their end here and were released,
     /// at most [`FINISHED_KEPT`] of them.
     finished: Mutex<BTreeMap<Key, mirador_actors::PipelineSnapshot>>,
+    /// The epoch each partition was last released under here. A release always moves the
+    /// partition to a new epoch, so that epoch is never started again here, even when a
+    /// set sent before the release was committed still holds it.
+    given_back: Mutex<HashMap<Key, u64>>,
 }
 
 /// Snapshots of finished partitions kept for [`ExecutorAgent::snapshots`].
@@ -123,6 +127,7 @@ impl ExecutorAgent {
             running: Arc::default(),
             resources: Mutex::default(),
             finished: Mutex::default(),
+            given_back: Mutex::default(),
         }
     }
 
@@ -342,17 +347,22 @@ impl ExecutorAgent {
                 (key.clone(), view)
             })
             .collect();
-        let wanted: BTreeMap<Key, Desired> = desired
-            .iter()
-            .map(|(key, a)| {
-                let d = Desired {
-                    epoch: a.epoch,
-                    version: a.version,
-                    run: a.run,
-                };
-                (key.clone(), d)
-            })
-            .collect();
+        let wanted: BTreeMap<Key, Desired> = {
+            let mut given_back = self.given_back.locked();
+            given_back.retain(|key, _| desired.contains_key(key));
+            desired
+                .iter()
+                .filter(|(key, a)| given_back.get(*key) != Some(&a.epoch))
+                .map(|(key, a)| {
+                    let d = Desired {
+                        epoch: a.epoch,
+                        version: a.version,
+                        run: a.run,
+                    };
+                    (key.clone(), d)
+                })
+                .collect()
+        };
 
         // A partition stopped for a new version restarts from where it stopped, which the
         // set may not show yet.
@@ -449,6 +459,7 @@ impl ExecutorAgent {
         stopped_in: Duration,
         finished: bool,
     ) {
+        self.given_back.locked().insert(key.clone(), epoch);
         let request = ReleaseRequest {
             executor_id: session.executor_id.clone(),
             incarnation: session.incarnation,
