@@ -156,7 +156,11 @@ fn restore_request(snapshot: &str, options: &[String]) -> anyhow::Result<Restore
 #[derive(Subcommand, Debug)]
 pub enum SnapshotsCommand {
     /// Every snapshot in the store, newest first, each checked by its checksum.
-    List,
+    List {
+        /// The other region's name: its copies in this region's store.
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// What one snapshot holds.
     Show {
         /// Its sequence number; default: the newest whole one.
@@ -375,9 +379,11 @@ async fn snapshots(
     command: SnapshotsCommand,
 ) -> anyhow::Result<()> {
     match command {
-        SnapshotsCommand::List => {
-            let list = call(channel, |mut c| async move {
-                c.list_snapshots(ListSnapshotsRequest {}).await
+        SnapshotsCommand::List { region } => {
+            let region = region.unwrap_or_default();
+            let list = call(channel, |mut c| {
+                let region = region.clone();
+                async move { c.list_snapshots(ListSnapshotsRequest { region }).await }
             })
             .await?;
             print(json, snapshot_list_json(&list), || render_snapshots(&list))

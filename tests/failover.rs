@@ -465,6 +465,30 @@ fn a_forced_failover_passes_over_damaged_snapshots_and_loses_nothing() {
         .join(format!("{:020}.manifest", copies[2].0));
     std::fs::remove_file(manifest).unwrap();
 
+    // West's listing of east's copies reports each damaged one, and why.
+    let listed = pair
+        .west
+        .admin(&["snapshots", "list", "--region", "east"])
+        .unwrap();
+    let problem = |sequence: u64| -> String {
+        listed["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["sequence"] == sequence)
+            .map(|s| s["problem"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("copy {sequence} listed: {listed}"))
+    };
+    assert!(problem(copies[0].0).contains("SHA-256"), "{listed}");
+    assert!(!problem(copies[1].0).is_empty(), "{listed}");
+    assert!(!problem(copies[2].0).is_empty(), "{listed}");
+    assert_eq!(problem(copies[3].0), "", "{listed}");
+    let error = pair
+        .west
+        .admin(&["snapshots", "list", "--region", "north"])
+        .unwrap_err();
+    assert!(error.contains("region:"), "{error}");
+
     // A planned failover needs east, which is gone; a forced one does not.
     let before = offsets(&pair.sink()).len();
     let done = pair

@@ -487,11 +487,23 @@ impl Admin for AdminEndpoint {
 
     async fn list_snapshots(
         &self,
-        _request: Request<ListSnapshotsRequest>,
+        request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         self.lead()?;
+        let region = request.into_inner().region;
+        let (here, peer) = self.regions.names();
+        let store = if region.is_empty() || region == here {
+            self.snapshots.store()
+        } else if Some(region.as_str()) == peer {
+            &self.snapshots.peer().expect("a peer's name").incoming
+        } else {
+            return Err(invalid(
+                "region",
+                format!("{region:?} is neither this region ({here:?}) nor the other"),
+            ));
+        };
         Ok(Response::new(
-            crate::snapshot::admin::list(&self.snapshots).await?,
+            crate::snapshot::admin::list(&self.snapshots, store).await?,
         ))
     }
 

@@ -43,11 +43,15 @@ pub fn info(
     info
 }
 
-pub async fn list(snapshots: &Snapshots) -> Result<ListSnapshotsResponse, Status> {
-    let listed = snapshots.store().list().await.map_err(unavailable)?;
+/// The snapshots in `store`: this region's own, or the other's copies held here.
+pub async fn list(
+    snapshots: &Snapshots,
+    store: &SnapshotStore,
+) -> Result<ListSnapshotsResponse, Status> {
+    let listed = store.list().await.map_err(unavailable)?;
     let last = snapshots.last();
     Ok(ListSnapshotsResponse {
-        store: snapshots.store().url().to_string(),
+        store: store.url().to_string(),
         interval_ms: snapshots.interval().as_millis() as u64,
         snapshots: listed
             .iter()
