@@ -6,17 +6,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowSet};
 use common::{mirador, whole_lines, MIRADOR};
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::services::{BigtableEmulator, PubsubEmulator};
 use mirador_cluster_tests::spec::SpecYaml;
-use mirador_executor::connectors::bigtable::{create_table, BigtableSpec};
+use mirador_executor::connectors::bigtable::{create_table, read_table, BigtableSpec, TableCells};
 use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
 use serde_json::Value;
 
@@ -34,30 +33,8 @@ fn table(emulator: &BigtableEmulator, table: &str) -> BigtableSpec {
     }
 }
 
-type Cells = BTreeMap<(Vec<u8>, i64), Vec<u8>>;
-
-/// Every cell of a table: row -> (qualifier, timestamp) -> value.
-async fn dump(spec: &BigtableSpec) -> BTreeMap<Vec<u8>, Cells> {
-    let mut client = mirador_executor::connectors::bigtable::connect(spec, true)
-        .await
-        .unwrap();
-    let rows = client
-        .read_rows(ReadRowsRequest {
-            table_name: client.get_full_table_name(&spec.table),
-            rows: Some(RowSet::default()),
-            ..ReadRowsRequest::default()
-        })
-        .await
-        .unwrap();
-    rows.into_iter()
-        .map(|(key, cells)| {
-            let cells = cells
-                .into_iter()
-                .map(|c| ((c.qualifier, c.timestamp_micros), c.value))
-                .collect();
-            (key, cells)
-        })
-        .collect()
+async fn dump(spec: &BigtableSpec) -> TableCells {
+    read_table(spec).await.unwrap()
 }
 
 fn spec(
@@ -238,7 +215,7 @@ async fn both_regions_of_an_active_active_pipeline_write_the_table_a_golden_run_
     let (golden, shared) = (dump(&golden_table).await, dump(&shared_table).await);
     assert!(!golden.is_empty());
     let keep = unambiguous(&events);
-    let compared = |t: &BTreeMap<Vec<u8>, Cells>| -> BTreeMap<Vec<u8>, Cells> {
+    let compared = |t: &TableCells| -> TableCells {
         t.iter()
             .filter(|(k, _)| keep.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))

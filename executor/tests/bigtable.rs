@@ -7,11 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowSet};
 use common::services::BigtableEmulator;
 use mirador_cluster_tests::spec::SpecYaml;
 use mirador_executor::connectors::bigtable::{
-    create_table, load_features, BigtableLookup, BigtableSpec,
+    create_table, load_features, read_table, BigtableLookup, BigtableSpec, TableCells,
 };
 use mirador_executor::enrich::FeatureLookup;
 use mirador_executor::infer::InferencePool;
@@ -41,27 +40,8 @@ async fn features_table(emulator: &BigtableEmulator) -> BigtableSpec {
 }
 
 /// Every cell of a table: row -> (qualifier, timestamp) -> value.
-async fn dump(spec: &BigtableSpec) -> BTreeMap<Vec<u8>, BTreeMap<(Vec<u8>, i64), Vec<u8>>> {
-    let mut client = mirador_executor::connectors::bigtable::connect(spec, true)
-        .await
-        .unwrap();
-    let rows = client
-        .read_rows(ReadRowsRequest {
-            table_name: client.get_full_table_name(&spec.table),
-            rows: Some(RowSet::default()),
-            ..ReadRowsRequest::default()
-        })
-        .await
-        .unwrap();
-    rows.into_iter()
-        .map(|(key, cells)| {
-            let cells = cells
-                .into_iter()
-                .map(|c| ((c.qualifier, c.timestamp_micros), c.value))
-                .collect();
-            (key, cells)
-        })
-        .collect()
+async fn dump(spec: &BigtableSpec) -> TableCells {
+    read_table(spec).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,11 @@
 //! Tables on a Bigtable emulator, and loading the feature table into one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bigtable_rs::google::bigtable::v2::mutate_rows_request::Entry;
 use bigtable_rs::google::bigtable::v2::mutation::{self, SetCell};
-use bigtable_rs::google::bigtable::v2::{MutateRowsRequest, Mutation};
+use bigtable_rs::google::bigtable::v2::{MutateRowsRequest, Mutation, ReadRowsRequest, RowSet};
 use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::bigtable_table_admin_client::BigtableTableAdminClient;
 use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::{
     gc_rule, ColumnFamily, CreateTableRequest, GcRule, Table,
@@ -113,4 +113,30 @@ async fn write(
         }
     }
     Ok(count)
+}
+
+/// Every cell of a table, as row -> (qualifier, timestamp in µs) -> value: for comparing
+/// what two runs wrote.
+pub type TableCells = BTreeMap<Vec<u8>, BTreeMap<(Vec<u8>, i64), Vec<u8>>>;
+
+/// Reads every cell of the spec's table.
+pub async fn read_table(spec: &BigtableSpec) -> anyhow::Result<TableCells> {
+    let mut client = super::connect(spec, true).await?;
+    let rows = client
+        .read_rows(ReadRowsRequest {
+            table_name: client.get_full_table_name(&spec.table),
+            rows: Some(RowSet::default()),
+            ..ReadRowsRequest::default()
+        })
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, cells)| {
+            let cells = cells
+                .into_iter()
+                .map(|c| ((c.qualifier, c.timestamp_micros), c.value))
+                .collect();
+            (key, cells)
+        })
+        .collect())
 }

@@ -7,7 +7,7 @@ mod sink;
 
 use bigtable_rs::bigtable::{BigTable, BigTableConnection};
 
-pub use admin::{create_table, load_features};
+pub use admin::{create_table, load_features, read_table, TableCells};
 pub use lookup::BigtableLookup;
 // The spec types live in `mirador-spec`, so that specs are checked without any client.
 pub use mirador_spec::bigtable::BigtableSpec;
