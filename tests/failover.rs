@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::mirador;
 use mirador_cluster_tests::cluster::Region;
+use mirador_cluster_tests::services::KafkaBroker;
 use mirador_cluster_tests::spec::SpecYaml;
 use serde_json::Value;
 
@@ -111,15 +112,20 @@ impl Pair {
 
     /// Creates pipeline `gen` in east, and waits for its records.
     fn create(&self, failover: &str) {
-        let spec = self.out.path().join("gen.yaml");
         let source = format!(
             "  generator:\n    partitions: {PARTITIONS}\n    customers: 1000\n    rate_per_sec: {RATE}"
         );
+        self.create_reading(&source, failover);
+    }
+
+    /// Creates pipeline `gen` reading `source` in east, and waits for its records.
+    fn create_reading(&self, source: &str, failover: &str) {
+        let spec = self.out.path().join("gen.yaml");
         std::fs::write(
             &spec,
             SpecYaml {
                 name: "gen",
-                source: &source,
+                source,
                 sink: &format!("  file:\n    path: {}", self.sink().display()),
                 dead_letter: "  \"null\": {}",
                 rest: &format!(
@@ -522,4 +528,77 @@ fn a_forced_failover_passes_over_damaged_snapshots_and_loses_nothing() {
         .admin(&["failover", "--to", "west", "--force", "gen"])
         .unwrap_err();
     assert!(error.contains("runs in this region already"), "{error}");
+}
+
+/// Produces the demo's events into `topic`, `per_tick` every 100 ms (`RATE` x
+/// `PARTITIONS` a second), until stopped; returns how many.
+fn produce_steadily(brokers: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let events = std::process::Command::new(mirador())
+        .args(["generate", "--events", "200000"])
+        .output()
+        .unwrap();
+    assert!(events.status.success());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let per_tick = (RATE * PARTITIONS / 10) as usize;
+        let mut lines = events
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec);
+        let mut produced = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let chunk: Vec<Vec<u8>> = lines.by_ref().take(per_tick).collect();
+            assert!(!chunk.is_empty(), "the generated events ran out");
+            produced += runtime
+                .block_on(mirador_executor::connectors::kafka::produce(
+                    &brokers,
+                    "events",
+                    chunk.into_iter(),
+                ))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        produced
+    })
+}
+
+#[test]
+fn a_kafka_pipeline_taken_over_resumes_at_the_snapshots_offsets_and_loses_nothing() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", PARTITIONS as u32);
+    let mut pair = Pair::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = produce_steadily(broker.brokers(), stop.clone());
+    let source = format!(
+        "  kafka:\n    brokers: \"{}\"\n    topic: events",
+        broker.brokers()
+    );
+    pair.create_reading(&source, "automatic");
+    pair.wait_records(&pair.east, "a few snapshots' worth", 0, 3000);
+
+    // Both regions read the one topic; east dies, west goes on from east's offsets.
+    pair.east.kill_all();
+    let at_kill = offsets(&pair.sink()).len();
+    pair.wait_records(&pair.west, "west past east's end", at_kill, 2000);
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.join().unwrap() as usize;
+    let counts = pair.west.wait_for(
+        "every produced event written",
+        Duration::from_secs(30),
+        || {
+            let counts = offsets(&pair.sink());
+            (counts.len() >= produced).then_some(counts)
+        },
+    );
+    assert_eq!(counts.len(), produced, "each produced offset, nothing else");
+    assert_nothing_lost(&counts);
+    let repeated = duplicates(&counts);
+    let bound =
+        (RATE * PARTITIONS * (SNAPSHOT_MS + CHECKPOINT_MS) / 1000 + PARTITIONS * BATCH) as usize;
+    println!("kafka across regions: {produced} events, {repeated} repeated (bound {bound})");
+    assert!(repeated <= bound, "{repeated} repeated, bound {bound}");
 }
