@@ -30,11 +30,17 @@ const AFTER_SECS: u64 = 5;
 /// Records per source batch: a quarter second of one partition's.
 const BATCH: u64 = 100;
 
+/// One pair of regions at a time: ten processes each on two cores, and their pauses and
+/// recovery times measured.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 struct Pair {
     east: Region,
     west: Region,
     out: tempfile::TempDir,
     _stores: (tempfile::TempDir, tempfile::TempDir),
+    /// Last: released once the regions' processes are gone.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 fn config(name: &str, own: &Path, peer: &str, other: &Path, coordinators: &str) -> String {
@@ -57,6 +63,7 @@ fn list(addresses: &[(u64, String)]) -> String {
 
 impl Pair {
     fn start() -> Self {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let binary = PathBuf::from(mirador());
         let stores = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (east_at, west_at) = (Region::addresses(3), Region::addresses(3));
@@ -91,6 +98,7 @@ impl Pair {
             region.add_executor(&format!("{name}-2"), 4);
         }
         Pair {
+            _turn: turn,
             east,
             west,
             out: tempfile::tempdir().unwrap(),
