@@ -19,8 +19,8 @@ use crate::control::Observations;
 use crate::raft::RaftNode;
 use crate::region::Regions;
 use crate::snapshot::Snapshots;
-use crate::state::{ClusterState, Command, Outcome};
-use crate::status::{refused, write_error};
+use crate::state::{ClusterState, Command};
+use crate::status::write_error;
 
 /// A pipeline spec that passed validation: what the coordinators need of it.
 #[derive(Clone, Debug)]
@@ -109,21 +109,6 @@ impl AdminEndpoint {
             validator,
             snapshots,
             regions,
-        }
-    }
-
-    fn lead(&self) -> Result<(), Status> {
-        if self.raft.is_leader() {
-            Ok(())
-        } else {
-            Err(self.raft.not_leader())
-        }
-    }
-
-    async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        match self.raft.write(command).await.map_err(write_error)? {
-            Outcome::Refused(refusal) => Err(refused(refusal)),
-            outcome => Ok(outcome),
         }
     }
 
@@ -223,7 +208,7 @@ impl AdminEndpoint {
     /// and changes nothing: a client that lost the answer to its create (a connection cut
     /// after the commit) can send it again safely.
     async fn put_pipeline(&self, spec: String, update: bool) -> Result<PipelineInfo, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let valid = self.validated(&spec).await?;
         let state = self.raft.state();
         let existing = state.pipelines.get(&valid.name);
@@ -245,25 +230,27 @@ impl AdminEndpoint {
             }
             _ => {}
         }
-        self.write(Command::PutPipeline {
-            name: valid.name.clone(),
-            spec,
-            partitions: valid.partitions,
-            gpu: valid.gpu,
-            failover: valid.failover,
-        })
-        .await?;
+        self.raft
+            .commit(Command::PutPipeline {
+                name: valid.name.clone(),
+                spec,
+                partitions: valid.partitions,
+                gpu: valid.gpu,
+                failover: valid.failover,
+            })
+            .await?;
         self.pipeline_info(&self.raft.state(), &valid.name)
     }
 
     async fn set_paused(&self, name: String, paused: bool) -> Result<PipelineInfo, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         valid_name("name", &name)?;
-        self.write(Command::SetPaused {
-            name: name.clone(),
-            paused,
-        })
-        .await?;
+        self.raft
+            .commit(Command::SetPaused {
+                name: name.clone(),
+                paused,
+            })
+            .await?;
         self.pipeline_info(&self.raft.state(), &name)
     }
 }
@@ -281,7 +268,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<AddLearnerRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let r = request.into_inner();
         if r.node_id == 0 {
             return Err(invalid("node_id", "must not be 0"));
@@ -317,7 +304,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<MemberRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let id = request.into_inner().node_id;
         let status = self.raft.status();
         match status.member(id) {
@@ -338,7 +325,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<MemberRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let id = request.into_inner().node_id;
         let status = self.raft.status();
         let member = status.member(id).ok_or_else(|| not_a_member(id))?;
@@ -365,7 +352,7 @@ impl Admin for AdminEndpoint {
         &self,
         _request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let state = self.raft.state();
         let nodes = state
             .executors
@@ -392,14 +379,15 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<NodeInfo>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let r = request.into_inner();
         valid_name("executor_id", &r.executor_id)?;
-        self.write(Command::SetDraining {
-            id: r.executor_id.clone(),
-            draining: !r.undo,
-        })
-        .await?;
+        self.raft
+            .commit(Command::SetDraining {
+                id: r.executor_id.clone(),
+                draining: !r.undo,
+            })
+            .await?;
         let nodes = self
             .list_nodes(Request::new(ListNodesRequest {}))
             .await?
@@ -452,10 +440,10 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<PipelineRequest>,
     ) -> Result<Response<DeletePipelineResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let name = request.into_inner().name;
         valid_name("name", &name)?;
-        self.write(Command::DeletePipeline { name }).await?;
+        self.raft.commit(Command::DeletePipeline { name }).await?;
         Ok(Response::new(DeletePipelineResponse {}))
     }
 
@@ -463,7 +451,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<PipelineRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let name = request.into_inner().name;
         valid_name("name", &name)?;
         Ok(Response::new(
@@ -475,7 +463,7 @@ impl Admin for AdminEndpoint {
         &self,
         _request: Request<ListPipelinesRequest>,
     ) -> Result<Response<ListPipelinesResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let state = self.raft.state();
         let pipelines = state
             .pipelines
@@ -489,7 +477,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let region = request.into_inner().region;
         let (here, peer) = self.regions.names();
         let store = if region.is_empty() || region == here {
@@ -511,7 +499,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<ShowSnapshotRequest>,
     ) -> Result<Response<ShowSnapshotResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let sequence = request.into_inner().sequence;
         Ok(Response::new(
             crate::snapshot::admin::show(&self.snapshots, sequence).await?,
@@ -522,7 +510,7 @@ impl Admin for AdminEndpoint {
         &self,
         _request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<SnapshotInfo>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         Ok(Response::new(
             crate::snapshot::admin::create(&self.snapshots, &self.raft).await?,
         ))
@@ -532,7 +520,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         Ok(Response::new(
             crate::snapshot::admin::restore(&self.raft, request.into_inner()).await?,
         ))
@@ -542,7 +530,7 @@ impl Admin for AdminEndpoint {
         &self,
         _request: Request<RegionsRequest>,
     ) -> Result<Response<RegionsResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let mut response = crate::snapshot::admin::regions(&self.snapshots, &self.raft);
         self.regions.describe(&mut response);
         Ok(Response::new(response))
@@ -552,7 +540,7 @@ impl Admin for AdminEndpoint {
         &self,
         request: Request<FailoverRequest>,
     ) -> Result<Response<FailoverResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let request = request.into_inner();
         let (here, peer) = self.regions.names();
         if request.to == here {

@@ -17,7 +17,6 @@ use crate::control::{ControlConfig, Observations};
 use crate::raft::RaftNode;
 use crate::region::Regions;
 use crate::state::{ClusterState, Command, Outcome};
-use crate::status::{refused, write_error};
 
 pub struct ExecutorEndpoint {
     raft: Arc<RaftNode>,
@@ -53,14 +52,6 @@ impl ExecutorEndpoint {
         }
     }
 
-    fn lead(&self) -> Result<(), Status> {
-        if self.raft.is_leader() {
-            Ok(())
-        } else {
-            Err(self.raft.not_leader())
-        }
-    }
-
     /// Refuses a call from an executor that is unknown or from an older incarnation.
     fn check_incarnation(
         state: &ClusterState,
@@ -76,13 +67,6 @@ impl ExecutorEndpoint {
             None => Err(Status::failed_precondition(format!(
                 "executor_id: {executor:?} is not registered (expired?)"
             ))),
-        }
-    }
-
-    async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        match self.raft.write(command).await.map_err(write_error)? {
-            Outcome::Refused(refusal) => Err(refused(refusal)),
-            outcome => Ok(outcome),
         }
     }
 }
@@ -129,7 +113,7 @@ impl ExecutorService for ExecutorEndpoint {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let r = request.into_inner();
         required("executor_id", &r.executor_id)?;
         if r.slots == 0 || r.slots > 10_000 {
@@ -139,7 +123,8 @@ impl ExecutorService for ExecutorEndpoint {
             )));
         }
         let outcome = self
-            .write(Command::RegisterExecutor {
+            .raft
+            .commit(Command::RegisterExecutor {
                 id: r.executor_id.clone(),
                 address: r.address,
                 region: r.region,
@@ -163,7 +148,7 @@ impl ExecutorService for ExecutorEndpoint {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         // An answered heartbeat extends the executor's lease: only a leader that a
         // majority still follows may give one, or an executor would run on through a lost
         // quorum while the majority side hands its partitions to others.
@@ -185,7 +170,7 @@ impl ExecutorService for ExecutorEndpoint {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<AssignmentStream>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         self.open()?;
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
@@ -232,18 +217,19 @@ impl ExecutorService for ExecutorEndpoint {
         &self,
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         self.open()?;
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
-        self.write(Command::CommitCheckpoint {
-            pipeline: r.pipeline,
-            partition: r.partition,
-            executor: r.executor_id,
-            epoch: r.epoch,
-            position: r.position,
-        })
-        .await?;
+        self.raft
+            .commit(Command::CommitCheckpoint {
+                pipeline: r.pipeline,
+                partition: r.partition,
+                executor: r.executor_id,
+                epoch: r.epoch,
+                position: r.position,
+            })
+            .await?;
         Ok(Response::new(CommitResponse {}))
     }
 
@@ -251,7 +237,7 @@ impl ExecutorService for ExecutorEndpoint {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
         // Noted before the commit: the new owner's stream may carry the partition before
@@ -267,14 +253,15 @@ impl ExecutorService for ExecutorEndpoint {
             self.observations
                 .released((r.pipeline.clone(), r.partition), r.stop_ms);
         }
-        self.write(Command::Release {
-            pipeline: r.pipeline,
-            partition: r.partition,
-            executor: r.executor_id,
-            epoch: r.epoch,
-            finished: r.finished,
-        })
-        .await?;
+        self.raft
+            .commit(Command::Release {
+                pipeline: r.pipeline,
+                partition: r.partition,
+                executor: r.executor_id,
+                epoch: r.epoch,
+                finished: r.finished,
+            })
+            .await?;
         Ok(Response::new(ReleaseResponse {}))
     }
 
@@ -282,16 +269,17 @@ impl ExecutorService for ExecutorEndpoint {
         &self,
         request: Request<LeaveRequest>,
     ) -> Result<Response<LeaveResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let r = request.into_inner();
         Self::check_incarnation(&self.raft.state(), &r.executor_id, r.incarnation)?;
         // Drained: the planner gives it nothing new while it releases what it runs. Its
         // lease then runs out, and the leader forgets it.
-        self.write(Command::SetDraining {
-            id: r.executor_id,
-            draining: true,
-        })
-        .await?;
+        self.raft
+            .commit(Command::SetDraining {
+                id: r.executor_id,
+                draining: true,
+            })
+            .await?;
         Ok(Response::new(LeaveResponse {}))
     }
 }

@@ -56,6 +56,28 @@ impl RaftNode {
         not_leader(m.leader.and_then(|l| m.members.get(&l)).map(String::as_str))
     }
 
+    /// `Ok` on the leader; elsewhere the refusal that names it.
+    pub fn lead(&self) -> Result<(), Status> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// Commits `command` for a gRPC caller: a refusal of the state machine is the caller's
+    /// error, named; a write that did not commit here points at the leader or is worth
+    /// retrying.
+    pub async fn commit(
+        &self,
+        command: crate::state::Command,
+    ) -> Result<crate::state::Outcome, Status> {
+        match self.write(command).await.map_err(write_error)? {
+            crate::state::Outcome::Refused(refusal) => Err(refused(refusal)),
+            outcome => Ok(outcome),
+        }
+    }
+
     pub fn status(&self) -> GroupStatus {
         let m = self.metrics();
         GroupStatus {

@@ -45,8 +45,8 @@ use crate::raft::RaftNode;
 use crate::snapshot::admin::info;
 use crate::snapshot::store::{check_region, Owner, StoreConfig};
 use crate::snapshot::Snapshots;
-use crate::state::{ClusterState, Command, Outcome, Pipeline};
-use crate::status::{invalid, refused, write_error};
+use crate::state::{ClusterState, Command, Pipeline};
+use crate::status::invalid;
 
 /// `peer:` in a coordinator's config file: the other region.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -207,21 +207,6 @@ impl Regions {
     pub fn open_to_executors(&self) -> bool {
         self.snapshots.peer().is_none()
             || self.checked_term.load(Ordering::Acquire) == self.raft.metrics().term
-    }
-
-    fn lead(&self) -> Result<(), Status> {
-        if self.raft.is_leader() {
-            Ok(())
-        } else {
-            Err(self.raft.not_leader())
-        }
-    }
-
-    async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        match self.raft.write(command).await.map_err(write_error)? {
-            Outcome::Refused(refusal) => Err(refused(refusal)),
-            outcome => Ok(outcome),
-        }
     }
 
     /// The newest ownership record of each pipeline, from this region's store (which must
@@ -587,13 +572,14 @@ impl Regions {
             .filter(|((p, _), a)| a.finished && names.contains(p.as_str()))
             .map(|(k, _)| k.clone())
             .collect();
-        self.write(Command::Adopt {
-            pipelines,
-            checkpoints,
-            finished,
-            last_epoch: snapshot.last_epoch,
-        })
-        .await?;
+        self.raft
+            .commit(Command::Adopt {
+                pipelines,
+                checkpoints,
+                finished,
+                last_epoch: snapshot.last_epoch,
+            })
+            .await?;
         Ok(())
     }
 
@@ -696,7 +682,7 @@ impl RegionPeer for Regions {
         &self,
         _request: Request<PeerStatusRequest>,
     ) -> Result<Response<PeerStatusResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let metrics = self.raft.metrics();
         let state = self.raft.state();
         Ok(Response::new(PeerStatusResponse {
@@ -716,7 +702,7 @@ impl RegionPeer for Regions {
         &self,
         request: Request<HandOverRequest>,
     ) -> Result<Response<HandOverResponse>, Status> {
-        self.lead()?;
+        self.raft.lead()?;
         let request = request.into_inner();
         let peer = self.snapshots.peer().map(|p| p.region.clone());
         if peer.as_deref() != Some(request.to.as_str()) {
@@ -758,11 +744,12 @@ impl RegionPeer for Regions {
             }
         }
         if !to_hand.is_empty() {
-            self.write(Command::HandOver {
-                pipelines: to_hand,
-                to: request.to.clone(),
-            })
-            .await?;
+            self.raft
+                .commit(Command::HandOver {
+                    pipelines: to_hand,
+                    to: request.to.clone(),
+                })
+                .await?;
         }
         // Every partition stops at a checkpoint and is released (or its executor's lease
         // runs out): then the checkpoints are final.

@@ -11,8 +11,8 @@ use super::format::hex;
 use super::store::{SnapshotStore, StoreConfig, StoreWithOptions};
 use super::{age_ms, Invalid, Snapshots};
 use crate::raft::RaftNode;
-use crate::state::{ClusterState, Command, Outcome};
-use crate::status::{invalid, refused, write_error};
+use crate::state::{ClusterState, Command};
+use crate::status::invalid;
 
 fn unavailable(error: anyhow::Error) -> Status {
     Status::unavailable(format!("{error:#}"))
@@ -166,10 +166,8 @@ pub async fn restore(raft: &RaftNode, request: RestoreRequest) -> Result<Restore
     let command = Command::Restore {
         state: Box::new(state),
     };
-    match raft.write(command).await.map_err(write_error)? {
-        Outcome::Refused(refusal) => Err(refused(refusal)),
-        _ => Ok(response),
-    }
+    raft.commit(command).await?;
+    Ok(response)
 }
 
 /// This region and the other, as the leader sees them.
