@@ -21,18 +21,6 @@ use serde_json::Value;
 
 const EVENTS: usize = 3000;
 
-fn table(emulator: &BigtableEmulator, table: &str) -> BigtableSpec {
-    BigtableSpec {
-        project: "test-project".into(),
-        instance: "test-instance".into(),
-        table: table.into(),
-        family: "f".into(),
-        endpoint: Some(emulator.endpoint()),
-        channels: 1,
-        timeout_ms: 1000,
-    }
-}
-
 async fn dump(spec: &BigtableSpec) -> TableCells {
     read_table(spec).await.unwrap()
 }
@@ -126,7 +114,7 @@ async fn both_regions_of_an_active_active_pipeline_write_the_table_a_golden_run_
             .await
             .unwrap();
     }
-    let (golden_table, shared_table) = (table(&bigtable, "golden"), table(&bigtable, "scores"));
+    let (golden_table, shared_table) = (bigtable.table("golden"), bigtable.table("scores"));
     create_table(&golden_table).await.unwrap();
     create_table(&shared_table).await.unwrap();
 

@@ -76,6 +76,19 @@ impl BigtableEmulator {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Table `table` of this emulator, column family `f`, as a spec names it.
+    pub fn table(&self, table: &str) -> mirador_spec::bigtable::BigtableSpec {
+        mirador_spec::bigtable::BigtableSpec {
+            project: "test-project".into(),
+            instance: "test-instance".into(),
+            table: table.into(),
+            family: "f".into(),
+            endpoint: Some(self.endpoint()),
+            channels: 1,
+            timeout_ms: 1000,
+        }
+    }
+
     fn binary() -> PathBuf {
         let path = std::env::var_os("MIRADOR_CBTEMULATOR")
             .map(PathBuf::from)

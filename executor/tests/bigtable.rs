@@ -17,20 +17,8 @@ use mirador_executor::infer::InferencePool;
 use mirador_executor::{PipelineResources, PipelineRun, PipelineSpec, RunOptions};
 use serde_json::Value;
 
-fn table(emulator: &BigtableEmulator, table: &str) -> BigtableSpec {
-    BigtableSpec {
-        project: "test-project".into(),
-        instance: "test-instance".into(),
-        table: table.into(),
-        family: "f".into(),
-        endpoint: Some(emulator.endpoint()),
-        channels: 1,
-        timeout_ms: 1000,
-    }
-}
-
 async fn features_table(emulator: &BigtableEmulator) -> BigtableSpec {
-    let spec = table(emulator, "features");
+    let spec = emulator.table("features");
     create_table(&spec).await.unwrap();
     let rows = load_features(&spec, &common::demo_features())
         .await
@@ -140,7 +128,7 @@ fn written(dir: &Path) -> HashMap<u64, usize> {
 async fn replaying_the_same_input_into_the_bigtable_sink_leaves_the_table_identical() {
     let emulator = BigtableEmulator::start();
     let features = features_table(&emulator).await;
-    let scores = table(&emulator, "scores");
+    let scores = emulator.table("scores");
     create_table(&scores).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sink = format!(
