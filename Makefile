@@ -29,7 +29,7 @@ MOTO_VERSION := 5.2.5
 MOTO_STAMP := $(VENV)/.moto-$(MOTO_VERSION)
 MOTO := $(VENV)/bin/moto_server
 
-.PHONY: services services-down tansu moto toolchain setup demo test verify fmt-check clippy features-check fix bench build model clean-out
+.PHONY: services services-down tansu moto toolchain setup demo test verify fmt-check clippy features-check fix bench build model clean-out images base-images up down chaos
 
 setup: toolchain $(TORCH_STAMP) $(TORCH_LIB)
 
@@ -83,11 +83,36 @@ services: build $(TANSU)
 services-down:
 	scripts/services.sh down
 
+# The two-region deployment of docker-compose.yml, from images built here (deploy/).
+# `make images` builds what is missing and refreshes Mirador's binaries (seconds);
+# `make up` starts the deployment, `make down` removes it and its volumes.
+COMPOSE := docker-compose -p mirador
+base-images: setup $(TANSU)
+	MIRADOR_TANSU=$(TANSU) deploy/images.sh base
+
+images: build $(TANSU)
+	MIRADOR_TANSU=$(TANSU) deploy/images.sh --profile release
+	deploy/images.sh sizes
+
+up: images
+	$(COMPOSE) up -d
+	deploy/reach.sh
+
+down:
+	$(COMPOSE) down -v --remove-orphans
+
+# Every scenario of the reliability matrix against a deployment of its own (`ROW=6`: one
+# row); the table of figures goes to docs/reliability.md.
+chaos: images
+	cargo build --release -p mirador-cluster-tests --bin mirador-chaos
+	$(CARGO_TARGET_DIR)/release/mirador-chaos --mirador $(MIRADOR) $(if $(ROW),--row $(ROW),--write docs/reliability.md)
+
 bench: build
 	$(MIRADOR) bench
 
+# tests/chaos.rs builds the deployment's images from the test build (deploy/images.sh).
 test: setup $(TANSU) $(MOTO_STAMP)
-	MIRADOR_TANSU=$(TANSU) MIRADOR_MOTO=$(MOTO) cargo test --workspace
+	CACHE=$(CACHE) MIRADOR_TANSU=$(TANSU) MIRADOR_MOTO=$(MOTO) cargo test --workspace
 
 fmt-check:
 	cargo fmt --all -- --check

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mirador_coordinator::control::ControlConfig;
-use mirador_coordinator::node::SpecValidator;
+use mirador_coordinator::node::SpecConnectors;
 use mirador_coordinator::raft::RaftConfig;
 use mirador_coordinator::server::{Coordinator, CoordinatorConfig};
 use mirador_executor::agent::{AgentConfig, ExecutorAgent};
@@ -52,7 +52,10 @@ impl LocalRegion {
                 control: ControlConfig::default(),
                 raft: RaftConfig::default(),
             },
-            Arc::new(SpecValidator::new(registry::count_partitions)),
+            Arc::new(SpecConnectors::new(
+                registry::count_partitions,
+                registry::move_source,
+            )),
         )
         .await?;
         let agent = Arc::new(ExecutorAgent::new(

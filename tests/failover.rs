@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::mirador;
 use mirador_cluster_tests::cluster::Region;
-use mirador_cluster_tests::services::KafkaBroker;
+use mirador_cluster_tests::services::{KafkaBroker, PubsubEmulator};
 use mirador_cluster_tests::spec::SpecYaml;
+use mirador_executor::connectors::pubsub::{create_subscription, create_topic};
 use serde_json::Value;
 
 /// Events per second per partition, and partitions.
@@ -538,9 +539,12 @@ fn a_forced_failover_passes_over_damaged_snapshots_and_loses_nothing() {
     assert!(error.contains("runs in this region already"), "{error}");
 }
 
-/// Produces the demo's events into `topic`, `per_tick` every 100 ms (`RATE` x
-/// `PARTITIONS` a second), until stopped; returns how many.
-fn produce_steadily(brokers: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// Sends the demo's events with `send` (which returns how many it sent), `RATE` x
+/// `PARTITIONS` a second in ticks of 100 ms, until stopped; returns the ids of those sent.
+fn send_steadily<F>(stop: Arc<AtomicBool>, send: F) -> std::thread::JoinHandle<Vec<String>>
+where
+    F: Fn(&tokio::runtime::Runtime, Vec<Vec<u8>>) -> u64 + Send + 'static,
+{
     let events = std::process::Command::new(mirador())
         .args(["generate", "--events", "200000"])
         .output()
@@ -557,20 +561,35 @@ fn produce_steadily(brokers: String, stop: Arc<AtomicBool>) -> std::thread::Join
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .map(<[u8]>::to_vec);
-        let mut produced = 0;
+        let mut sent = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let chunk: Vec<Vec<u8>> = lines.by_ref().take(per_tick).collect();
             assert!(!chunk.is_empty(), "the generated events ran out");
-            produced += runtime
-                .block_on(mirador_executor::connectors::kafka::produce(
-                    &brokers,
-                    "events",
-                    chunk.into_iter(),
-                ))
-                .unwrap();
+            let ids: Vec<String> = chunk
+                .iter()
+                .map(|l| serde_json::from_slice::<Value>(l).unwrap()["event_id"].to_string())
+                .collect();
+            let n = send(&runtime, chunk) as usize;
+            sent.extend(ids.into_iter().take(n));
             std::thread::sleep(Duration::from_millis(100));
         }
-        produced
+        sent
+    })
+}
+
+/// Produces the demo's events into Kafka topic `events` steadily; returns their ids.
+fn produce_steadily(
+    brokers: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    send_steadily(stop, move |runtime, chunk| {
+        runtime
+            .block_on(mirador_executor::connectors::kafka::produce(
+                &brokers,
+                "events",
+                chunk.into_iter(),
+            ))
+            .unwrap()
     })
 }
 
@@ -593,7 +612,7 @@ fn a_kafka_pipeline_taken_over_resumes_at_the_snapshots_offsets_and_loses_nothin
     let at_kill = offsets(&pair.sink()).len();
     pair.wait_records(&pair.west, "west past east's end", at_kill, 2000);
     stop.store(true, Ordering::Relaxed);
-    let produced = producer.join().unwrap() as usize;
+    let produced = producer.join().unwrap().len();
     let counts = pair.west.wait_for(
         "every produced event written",
         Duration::from_secs(30),
@@ -609,4 +628,161 @@ fn a_kafka_pipeline_taken_over_resumes_at_the_snapshots_offsets_and_loses_nothin
         (RATE * PARTITIONS * (SNAPSHOT_MS + CHECKPOINT_MS) / 1000 + PARTITIONS * BATCH) as usize;
     println!("kafka across regions: {produced} events, {repeated} repeated (bound {bound})");
     assert!(repeated <= bound, "{repeated} repeated, bound {bound}");
+}
+
+/// Publishes the demo's events to Pub/Sub topic `events` steadily; returns their ids.
+fn publish_steadily(
+    endpoint: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    send_steadily(stop, move |runtime, chunk| {
+        runtime
+            .block_on(mirador_executor::connectors::pubsub::publish(
+                &endpoint,
+                "test-project",
+                "events",
+                chunk.into_iter(),
+            ))
+            .unwrap()
+    })
+}
+
+/// event id -> times written.
+fn event_ids(sink: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for value in common::whole_lines(sink) {
+        *counts
+            .entry(value["event"]["event_id"].to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_pubsub_pipeline_moves_its_subscription_with_each_failover_and_loses_nothing() {
+    let pubsub = PubsubEmulator::start();
+    let endpoint = pubsub.endpoint();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        create_topic(&endpoint, "test-project", "events")
+            .await
+            .unwrap();
+        // One subscription per region: each has every message from the start, and a
+        // failover seeks the taker's to where the other's stands.
+        for region in ["east", "west"] {
+            create_subscription(
+                &endpoint,
+                "test-project",
+                &format!("events-{region}"),
+                "events",
+                10,
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let mut pair = Pair::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_steadily(endpoint.clone(), stop.clone());
+    // The emulator goes on delivering to the streams of a lane that is gone (a killed
+    // region's, a stopped one's) for a while; what it sends there comes back once the
+    // stream's ack deadline passes, which the lease extension sets: short here.
+    let source = format!(
+        "  pubsub:\n    project: test-project\n    subscription: \"events-{{region}}\"\n    \
+         lanes: {PARTITIONS}\n    endpoint: \"{endpoint}\"\n    lease_extension_secs: 10"
+    );
+    pair.create_reading(&source, "automatic");
+    let written = |pair: &Pair| event_ids(&pair.sink());
+    let repeated = |counts: &HashMap<String, usize>| counts.values().map(|n| n - 1).sum::<usize>();
+    pair.east
+        .wait_for("a few snapshots' worth", Duration::from_secs(30), || {
+            (written(&pair).len() >= 3000).then_some(())
+        });
+
+    // East dies whole: west takes over by itself, its subscription sought to a snapshot
+    // of east's, which holds what east had not acknowledged.
+    pair.east.kill_all();
+    let at_kill = written(&pair).len();
+    pair.west.wait_for(
+        "west past east's end",
+        Duration::from_secs(AFTER_SECS + 30),
+        || (written(&pair).len() >= at_kill + 1000).then_some(()),
+    );
+    let after_takeover = repeated(&written(&pair));
+
+    // East returns and stands by; the fail back, planned, seeks east's subscription to a
+    // snapshot of west's, taken once west stopped and acknowledged what it wrote.
+    pair.east.restart_all();
+    pair.east
+        .wait_for("a leader in east again", Duration::from_secs(30), || {
+            pair.east.leader()
+        });
+    pair.east
+        .wait_for("east standing by", Duration::from_secs(20), || {
+            let d = pair.east.admin(&["describe", "gen"]).ok()?;
+            (d["region"] == "west").then_some(())
+        });
+    let before = written(&pair).len();
+    let done = pair
+        .east
+        .admin(&["failover", "--to", "east", "gen"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    assert_eq!(done["pipelines"], serde_json::json!(["gen"]));
+    pair.east
+        .wait_for("east's records again", Duration::from_secs(30), || {
+            (written(&pair).len() >= before + 1000).then_some(())
+        });
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let counts = written(&pair);
+        if counts.len() >= published.len() || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let missing: Vec<&String> = published
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "every published event written: {} of {} missing, e.g. {:?} (published {:?}; \
+         written at east's death {at_kill}, before the fail back {before})\n{}",
+        missing.len(),
+        published.len(),
+        &missing[..missing.len().min(10)],
+        published
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !counts.contains_key(*id))
+            .map(|(i, _)| i)
+            .fold((usize::MAX, 0), |(lo, hi), i| (lo.min(i), hi.max(i))),
+        pair.logs()
+    );
+    assert_eq!(
+        counts.len(),
+        published.len(),
+        "nothing but what was published"
+    );
+    // What east wrote and had not acknowledged when it died: its last batch per lane.
+    let bound =
+        (RATE * PARTITIONS * (SNAPSHOT_MS + CHECKPOINT_MS) / 1000 + PARTITIONS * BATCH) as usize;
+    println!(
+        "pubsub across regions: {} events; east killed: {after_takeover} repeated (bound \
+         {bound}); planned fail back: {} more",
+        published.len(),
+        repeated(&counts) - after_takeover
+    );
+    assert!(
+        after_takeover <= bound,
+        "{after_takeover} repeated, bound {bound}"
+    );
+    assert_eq!(
+        repeated(&counts),
+        after_takeover,
+        "the planned fail back repeats nothing"
+    );
+    drop(runtime);
 }

@@ -187,6 +187,13 @@ fn a_hung_leader_stops_no_partition_and_writes_nothing_twice() {
     // by it before it runs out.
     region.coordinator(leader).signal("STOP");
     let stopped_at = Instant::now();
+    // The second of the minute, as the logs' times show it.
+    let stopped_second = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        format!("{}.{:03}", now.as_secs() % 60, now.subsec_millis())
+    };
     let mut last = (size(&sink), Instant::now());
     let mut longest_stall = Duration::ZERO;
     while stopped_at.elapsed() < Duration::from_secs(15) {
@@ -198,6 +205,17 @@ fn a_hung_leader_stops_no_partition_and_writes_nothing_twice() {
         longest_stall = longest_stall.max(last.1.elapsed());
     }
     let log = region.executor("e1").log();
+    // Who led when, for a failure's message.
+    let elections: String = (1..=3)
+        .map(|id| {
+            let log = region.coordinator(id).log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("become leader") || l.contains("pre-vote won"))
+                .collect();
+            format!("--- coordinator {id}\n{}\n", lines.join("\n"))
+        })
+        .collect();
     region.coordinator(leader).signal("CONT");
     std::thread::sleep(Duration::from_secs(2));
 
@@ -210,7 +228,10 @@ fn a_hung_leader_stops_no_partition_and_writes_nothing_twice() {
          {restarts} partition restarts, {duplicates} duplicates of {} records",
         ids.len()
     );
-    assert!(!log.contains("lease lost"), "the lease held: {log}");
+    assert!(
+        !log.contains("lease lost"),
+        "the lease held (leader {leader} stopped at second {stopped_second}): {log}\n{elections}"
+    );
     assert_eq!(restarts, 0, "no partition restarted: {log}");
     assert_eq!(duplicates, 0, "nothing written twice");
     assert!(

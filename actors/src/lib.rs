@@ -26,5 +26,5 @@ pub use pipeline::{
 };
 pub use record::{Origin, Position, SourceRecord, Traced};
 pub use runner::{SourceRunner, StageRunner, StageSlot};
-pub use stage::{ExitStatus, Output, Source, SourceBatch, Stage, StageError};
+pub use stage::{ExitStatus, Output, Source, SourceBatch, SourceFinisher, Stage, StageError};
 pub use stats::{SourceEnd, StageSnapshot, StageStats};

@@ -312,7 +312,7 @@ impl Actor for PartitionPipeline {
                     let _ = cell.kill_and_wait(Some(Duration::from_secs(5))).await;
                     state.cells.remove(&id);
                     state.finished[SOURCE] = true;
-                    state.finish_if_done(&myself);
+                    state.finish_if_done(&myself).await;
                 }
             }
         }
@@ -329,7 +329,7 @@ impl Actor for PartitionPipeline {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some((index, _)) = state.cells.remove(&cell.get_id()) {
                     state.finished[index] = true;
-                    state.finish_if_done(&myself);
+                    state.finish_if_done(&myself).await;
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -468,8 +468,13 @@ impl PipelineState {
         myself.stop(Some(reason));
     }
 
-    fn finish_if_done(&mut self, myself: &ActorRef<PipelineMsg>) {
+    async fn finish_if_done(&mut self, myself: &ActorRef<PipelineMsg>) {
         if self.finished.iter().all(|done| *done) && !self.finished.is_empty() {
+            // Every record read was delivered or given back: the source acts on the final
+            // checkpoint before the partition counts as stopped (and is released).
+            if let Some(source) = self.slots.get(SOURCE) {
+                source.finish(self.tracker.committed()).await;
+            }
             self.observable.locked().exit = match self.save_checkpoint() {
                 Err(error) => ExitStatus::Failed(error),
                 Ok(()) if self.stopping => ExitStatus::Stopped,

@@ -17,8 +17,9 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use crate::checkpoint::CheckpointTracker;
 use crate::dead_letter::{DeadLetter, ReasonCode};
 use crate::link::{LinkReceiver, LinkSender};
+use crate::record::Position;
 use crate::record::Traced;
-use crate::stage::{Output, Source, Stage, StageError};
+use crate::stage::{Output, Source, SourceFinisher, Stage, StageError};
 use crate::stats::StageStats;
 use mirador_proto::sync::Locked;
 
@@ -36,6 +37,11 @@ pub trait StageSlot: Send + Sync + 'static {
     fn close_outputs(&self);
     /// A source cannot be restarted alone: its position is only known at a checkpoint.
     fn is_source(&self) -> bool;
+    /// The last step after a stop, once every stage is gone: see [`Source::finisher`].
+    fn finish(&self, committed: Option<Position>) -> BoxFuture<'_, ()> {
+        let _ = committed;
+        Box::pin(async {})
+    }
 }
 
 /// The message a stage actor sends itself to process the next batch.
@@ -253,6 +259,7 @@ struct SourceShared<S: Source> {
     output: Mutex<Option<LinkSender<S::Out>>>,
     stats: Arc<StageStats>,
     tracker: Arc<CheckpointTracker>,
+    finisher: Option<Box<dyn SourceFinisher>>,
 }
 
 /// Runs a [`Source`]: gives it the partition's checkpoint, reads a batch, opens it in the
@@ -263,7 +270,7 @@ pub struct SourceRunner<S: Source> {
 
 impl<S: Source> SourceRunner<S> {
     pub fn new(
-        source: S,
+        mut source: S,
         output: LinkSender<S::Out>,
         stats: Arc<StageStats>,
         tracker: Arc<CheckpointTracker>,
@@ -272,6 +279,7 @@ impl<S: Source> SourceRunner<S> {
         SourceRunner {
             shared: Arc::new(SourceShared {
                 name: source.name(),
+                finisher: source.finisher(),
                 source: Mutex::new(Some(source)),
                 output: Mutex::new(Some(output)),
                 stats,
@@ -309,6 +317,13 @@ impl<S: Source> StageSlot for SourceRunner<S> {
 
     fn is_source(&self) -> bool {
         true
+    }
+
+    fn finish(&self, committed: Option<Position>) -> BoxFuture<'_, ()> {
+        match &self.shared.finisher {
+            Some(finisher) => finisher.finish(committed),
+            None => Box::pin(async {}),
+        }
     }
 }
 

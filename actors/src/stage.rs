@@ -1,5 +1,7 @@
 use std::future::Future;
 
+use futures::future::BoxFuture;
+
 use crate::checkpoint::CheckpointTracker;
 use crate::dead_letter::{DeadLetter, ReasonCode};
 use crate::record::{Origin, Position, SourceRecord, Traced};
@@ -141,4 +143,18 @@ pub trait Source: Send + 'static {
     fn on_checkpoint(&mut self, committed: Option<Position>) {
         let _ = committed;
     }
+
+    /// What must still be done once the partition stopped and its last records were
+    /// delivered, after the source itself is gone (Pub/Sub acknowledges what the last
+    /// checkpoints passed, and waits for the acknowledgements to be sent). Taken once, when
+    /// the source is given to its runner.
+    fn finisher(&mut self) -> Option<Box<dyn SourceFinisher>> {
+        None
+    }
+}
+
+/// The last step of a stopped source: see [`Source::finisher`].
+pub trait SourceFinisher: Send + Sync + 'static {
+    /// `committed`: the partition's final checkpoint.
+    fn finish(&self, committed: Option<Position>) -> BoxFuture<'_, ()>;
 }

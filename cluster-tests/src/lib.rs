@@ -3,6 +3,7 @@
 //! as the cluster grows, multi-process cluster harnesses; and pipeline specs over the
 //! bundled features and model.
 
+pub mod chaos;
 pub mod cluster;
 pub mod services;
 pub mod spec;

@@ -89,6 +89,30 @@ pub fn count_partitions(
     Box::pin(partition_count(spec))
 }
 
+/// Before region `to` runs a pipeline region `from` ran: moves `to`'s copy of the source
+/// to where `from`'s stands. Only Pub/Sub, with a subscription per region, has one; a
+/// Kafka topic's positions are the snapshot's offsets, and the generator and files are the
+/// same in both regions.
+pub fn move_source<'a>(
+    spec: &'a PipelineSpec,
+    from: &'a str,
+    to: &'a str,
+    since: std::time::SystemTime,
+) -> futures::future::BoxFuture<'a, anyhow::Result<Option<String>>> {
+    Box::pin(async move {
+        match &spec.source {
+            #[cfg(feature = "pubsub")]
+            SourceSpec::Pubsub(pubsub) => {
+                crate::pubsub::move_subscription(pubsub, from, to, since).await
+            }
+            _ => {
+                let _ = (from, to, since);
+                Ok(None)
+            }
+        }
+    })
+}
+
 /// Checks what can be checked of the source before any partition starts.
 pub fn check_source(spec: &PipelineSpec) -> anyhow::Result<()> {
     check_available(spec)?;

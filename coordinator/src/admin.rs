@@ -34,17 +34,33 @@ pub struct ValidPipeline {
 
 pub use mirador_spec::FieldError;
 
-/// Checks a pipeline spec. The coordinators do not know the spec's schema (it belongs to
-/// the executors, which link the connectors and libtorch); the binary passes one in.
+/// What the coordinators ask of the connectors, which they do not link (they belong to the
+/// executors, with the spec's schema and libtorch): the binary passes them in.
 #[tonic::async_trait]
-pub trait PipelineValidator: Send + Sync + 'static {
+pub trait Connectors: Send + Sync + 'static {
+    /// Checks a pipeline spec.
     async fn validate(&self, spec: &str) -> Result<ValidPipeline, FieldError>;
+
+    /// Before this region (`to`) starts a pipeline that region `from` ran: moves this
+    /// region's copy of its source to where `from`'s stands (a Pub/Sub subscription per
+    /// region). `since`: when the snapshot it resumes from was taken. Returns what was
+    /// done, for the log; `Ok(None)` when the source needs nothing.
+    async fn move_source(
+        &self,
+        spec: &str,
+        from: &str,
+        to: &str,
+        since: std::time::SystemTime,
+    ) -> anyhow::Result<Option<String>> {
+        let _ = (spec, from, to, since);
+        Ok(None)
+    }
 }
 
 pub struct AdminEndpoint {
     raft: Arc<RaftNode>,
     observations: Observations,
-    validator: Arc<dyn PipelineValidator>,
+    validator: Arc<dyn Connectors>,
     snapshots: Arc<Snapshots>,
     regions: Arc<Regions>,
 }
@@ -99,7 +115,7 @@ impl AdminEndpoint {
     pub fn new(
         raft: Arc<RaftNode>,
         observations: Observations,
-        validator: Arc<dyn PipelineValidator>,
+        validator: Arc<dyn Connectors>,
         snapshots: Arc<Snapshots>,
         regions: Arc<Regions>,
     ) -> Self {
@@ -522,7 +538,8 @@ impl Admin for AdminEndpoint {
     ) -> Result<Response<RestoreResponse>, Status> {
         self.raft.lead()?;
         Ok(Response::new(
-            crate::snapshot::admin::restore(&self.raft, request.into_inner()).await?,
+            crate::snapshot::admin::restore(&self.raft, &self.regions, request.into_inner())
+                .await?,
         ))
     }
 

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use mirador_spec::{DeviceSpec, PipelineSpec};
 use serde::Deserialize;
 
-use crate::admin::{FieldError, PipelineValidator, ValidPipeline};
+use crate::admin::{Connectors, FieldError, ValidPipeline};
 use crate::control::ControlConfig;
 use crate::raft::RaftConfig;
 use crate::region::{FailoverFile, PeerFile};
@@ -24,20 +24,30 @@ use crate::snapshot::SnapshotFile;
 /// connectors' registry, which the binary passes in; this library has no connector.
 pub type CountPartitions = for<'a> fn(&'a PipelineSpec) -> BoxFuture<'a, anyhow::Result<u32>>;
 
-/// Checks pipeline specs for the admin API with the executors' own schema, counting their
-/// partitions with the connectors.
-pub struct SpecValidator {
+/// How a pipeline's source is moved from one region's copy to another's: see
+/// [`Connectors::move_source`].
+pub type MoveSource = for<'a> fn(
+    &'a PipelineSpec,
+    &'a str,
+    &'a str,
+    std::time::SystemTime,
+) -> BoxFuture<'a, anyhow::Result<Option<String>>>;
+
+/// The connectors as the coordinators use them, from the binary's registry: specs checked
+/// with the executors' own schema, their partitions counted and their sources moved.
+pub struct SpecConnectors {
     count: CountPartitions,
+    move_source: MoveSource,
 }
 
-impl SpecValidator {
-    pub fn new(count: CountPartitions) -> Self {
-        SpecValidator { count }
+impl SpecConnectors {
+    pub fn new(count: CountPartitions, move_source: MoveSource) -> Self {
+        SpecConnectors { count, move_source }
     }
 }
 
 #[tonic::async_trait]
-impl PipelineValidator for SpecValidator {
+impl Connectors for SpecConnectors {
     async fn validate(&self, yaml: &str) -> Result<ValidPipeline, FieldError> {
         let spec = PipelineSpec::from_yaml(yaml)?;
         let partitions = (self.count)(&spec).await.map_err(|e| {
@@ -49,6 +59,17 @@ impl PipelineValidator for SpecValidator {
             gpu: spec.model.device == DeviceSpec::Cuda,
             failover: spec.failover,
         })
+    }
+
+    async fn move_source(
+        &self,
+        yaml: &str,
+        from: &str,
+        to: &str,
+        since: std::time::SystemTime,
+    ) -> anyhow::Result<Option<String>> {
+        let spec = PipelineSpec::from_yaml(yaml)?;
+        (self.move_source)(&spec, from, to, since).await
     }
 }
 
@@ -212,7 +233,7 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
 }
 
 /// Runs a coordinator node until SIGINT or SIGTERM, checking pipelines with `validator`.
-pub async fn run(args: CoordinatorArgs, validator: SpecValidator) -> anyhow::Result<()> {
+pub async fn run(args: CoordinatorArgs, validator: SpecConnectors) -> anyhow::Result<()> {
     let config = coordinator_config(args)?;
     eprintln!(
         "mirador coordinator {} on {} (initial members {:?}), data in {}",

@@ -11,7 +11,7 @@ use mirador_proto::admin::admin_server::AdminServer;
 use mirador_proto::coordinator::executor_service_server::ExecutorServiceServer;
 use mirador_proto::region::region_peer_server::RegionPeerServer;
 
-use crate::admin::{AdminEndpoint, PipelineValidator};
+use crate::admin::{AdminEndpoint, Connectors};
 use crate::control::{control_loop, ControlConfig, Observations};
 use crate::executors::ExecutorEndpoint;
 use crate::raft::{RaftConfig, RaftNode};
@@ -54,7 +54,7 @@ impl Endpoints {
     fn new(
         raft: &Arc<RaftNode>,
         control: &ControlConfig,
-        validator: Arc<dyn PipelineValidator>,
+        validator: Arc<dyn Connectors>,
         snapshots: Arc<Snapshots>,
         regions: Arc<Regions>,
     ) -> Self {
@@ -93,7 +93,7 @@ impl Coordinator {
     /// Starts the node and its gRPC port.
     pub async fn start(
         config: CoordinatorConfig,
-        validator: Arc<dyn PipelineValidator>,
+        validator: Arc<dyn Connectors>,
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -106,7 +106,7 @@ impl Coordinator {
     pub async fn start_on(
         listener: tokio::net::TcpListener,
         config: CoordinatorConfig,
-        validator: Arc<dyn PipelineValidator>,
+        validator: Arc<dyn Connectors>,
     ) -> anyhow::Result<Self> {
         let raft = Arc::new(
             RaftNode::start_grpc(
@@ -129,6 +129,7 @@ impl Coordinator {
             snapshots.clone(),
             config.failover.clone(),
             config.peer.as_ref(),
+            validator.clone(),
         ));
         let endpoints = Endpoints::new(
             &raft,
@@ -205,7 +206,7 @@ impl InProcessCoordinator {
     pub async fn start(
         data_dir: &std::path::Path,
         control: ControlConfig,
-        validator: Arc<dyn PipelineValidator>,
+        validator: Arc<dyn Connectors>,
     ) -> anyhow::Result<Self> {
         let snapshot =
             SnapshotFile::default().open("in-process", &data_dir.join("snapshots"), None)?;
@@ -238,6 +239,7 @@ impl InProcessCoordinator {
             snapshots.clone(),
             FailoverFile::default(),
             None,
+            validator.clone(),
         ));
         let endpoints = Endpoints::new(&raft, &control, validator, snapshots, regions);
         let control = tokio::spawn(control_loop(raft.clone(), endpoints.observations, control));

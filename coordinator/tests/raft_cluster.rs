@@ -467,3 +467,41 @@ async fn a_returning_follower_does_not_depose_a_leader_that_a_majority_follows()
     cluster.router.heal();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_left_of_three_elect_one_leader_and_keep_it_though_their_answers_are_slow() {
+    // Slow answers to pre-votes: they come back after the asker may have voted for the
+    // other node meanwhile. It must not stand then, or the two depose each other in turn.
+    let mut changes = Vec::new();
+    for _ in 0..4 {
+        let mut cluster = Cluster::start(3, RaftConfig::default()).await;
+        cluster
+            .router
+            .set_pre_vote_reply_delay(Duration::from_millis(100));
+        let old = cluster
+            .leader_among(&cluster.ids(), Duration::from_secs(2))
+            .await;
+        cluster.stop(old).await;
+        let others: Vec<NodeId> = cluster.ids();
+        cluster.leader_among(&others, Duration::from_secs(3)).await;
+        // Every term that had a leader over the next two seconds.
+        let mut terms = BTreeSet::new();
+        let watching = Instant::now();
+        while watching.elapsed() < Duration::from_secs(2) {
+            for &id in &others {
+                let m = cluster.node(id).metrics();
+                if m.server_state == ServerState::Leader {
+                    terms.insert(m.term);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        changes.push(terms.len());
+        cluster.shutdown().await;
+    }
+    println!("terms with a leader in the 2 s after each stop: {changes:?}");
+    assert!(
+        changes.iter().all(|&n| n == 1),
+        "one leader, kept, after each stop: {changes:?}"
+    );
+}

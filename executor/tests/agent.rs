@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirador_coordinator::control::ControlConfig;
-use mirador_coordinator::node::SpecValidator;
+use mirador_coordinator::node::SpecConnectors;
 use mirador_coordinator::server::InProcessCoordinator;
 use mirador_executor::agent::{
     AgentConfig, CoordinatorClient, CoordinatorError, ExecutorAgent, InProcessCoordinators,
@@ -50,7 +50,10 @@ async fn start_coordinator(dir: &std::path::Path) -> InProcessCoordinator {
     InProcessCoordinator::start(
         &dir.join("raft"),
         ControlConfig::default(),
-        Arc::new(SpecValidator::new(registry::count_partitions)),
+        Arc::new(SpecConnectors::new(
+            registry::count_partitions,
+            registry::move_source,
+        )),
     )
     .await
     .expect("an in-process coordinator starts")

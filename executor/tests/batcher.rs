@@ -109,6 +109,7 @@ async fn a_lone_record_waits_no_longer_than_the_maximum_wait() {
     // until the maximum wait, and no longer.
     let lone = batcher.client();
     let _idle = batcher.client();
+    let mut longest_seen = Duration::ZERO;
     for _ in 0..5 {
         let started = Instant::now();
         let scores = lone.score(vec![1.0, 2.0, 3.0], 1).await.unwrap().unwrap();
@@ -122,11 +123,14 @@ async fn a_lone_record_waits_no_longer_than_the_maximum_wait() {
             elapsed < max_wait + Duration::from_millis(250),
             "waited {elapsed:?}"
         );
+        longest_seen = longest_seen.max(elapsed);
     }
+    // The batcher's own figure is the wait it imposed: at least the maximum wait (the idle
+    // partition never sent), and no more than what the caller saw around it.
     let longest = Duration::from_micros(batcher.stats().snapshot().longest_wait_us);
     assert!(
-        longest < max_wait + Duration::from_millis(25),
-        "longest wait {longest:?}"
+        longest >= max_wait && longest <= longest_seen,
+        "longest wait {longest:?}, the caller saw at most {longest_seen:?}"
     );
 }
 

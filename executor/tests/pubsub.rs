@@ -32,6 +32,15 @@ async fn drain(
     emulator: &PubsubEmulator,
     subscription: &str,
 ) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+    drain_until_quiet(emulator, subscription, Duration::from_secs(3)).await
+}
+
+/// Every message on a subscription until it has been quiet for `quiet`.
+async fn drain_until_quiet(
+    emulator: &PubsubEmulator,
+    subscription: &str,
+    quiet: Duration,
+) -> Vec<(Vec<u8>, HashMap<String, String>)> {
     let client = Subscriber::builder()
         .with_endpoint(emulator.endpoint())
         .with_credentials(anonymous::Builder::new().build())
@@ -42,7 +51,7 @@ async fn drain(
         .subscribe(format!("projects/{PROJECT}/subscriptions/{subscription}"))
         .build();
     let mut messages = Vec::new();
-    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+    while let Ok(Some(item)) = tokio::time::timeout(quiet, stream.next()).await {
         let (message, handler) = item.unwrap();
         messages.push((
             message.data.to_vec(),
@@ -151,5 +160,81 @@ async fn a_pubsub_pipeline_over_two_lanes_scores_every_message_and_dead_letters_
     assert!(
         drain(&emulator, "events-sub").await.is_empty(),
         "unacknowledged input remains"
+    );
+}
+
+/// A stopped lane acknowledges what its final checkpoint passed, though the source itself
+/// is gone: none of those messages is delivered again, even past the subscription's ack
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_lane_acknowledges_its_final_checkpoint() {
+    use mirador_actors::Source;
+    let emulator = PubsubEmulator::start();
+    let endpoint = emulator.endpoint();
+    create_topic(&endpoint, PROJECT, "lanes").await.unwrap();
+    // A short deadline: what is not acknowledged comes back within the drain below.
+    create_subscription(&endpoint, PROJECT, "lanes-sub", "lanes", 10)
+        .await
+        .unwrap();
+    mirador_executor::connectors::pubsub::publish(
+        &endpoint,
+        PROJECT,
+        "lanes",
+        (0..200).map(|i| format!("m{i}").into_bytes()),
+    )
+    .await
+    .unwrap();
+    let spec: mirador_spec::pubsub::PubsubSourceSpec = serde_yaml_ng::from_str(&format!(
+        "project: {PROJECT}\nsubscription: lanes-sub\nendpoint: \"{endpoint}\"\n\
+         lease_extension_secs: 10"
+    ))
+    .unwrap();
+    let mut lane = mirador_executor::connectors::pubsub::PubsubSource::start(&spec, 0, 50, None)
+        .await
+        .unwrap();
+    let finisher = lane.finisher().expect("a pubsub lane has a finisher");
+    let mut batches: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut end = 0;
+    while end < 100 {
+        if let Some(batch) = lane.next_batch().await.unwrap() {
+            if !batch.items.is_empty() {
+                end = batch.end.offset;
+                batches.push(
+                    batch
+                        .items
+                        .iter()
+                        .map(|r| r.origin.payload.to_vec())
+                        .collect(),
+                );
+            }
+        }
+    }
+    // The first batch reached the sink: the final checkpoint is its end. The lane never
+    // saw that checkpoint before it stopped.
+    let delivered = batches[0].clone();
+    drop(lane);
+    finisher
+        .finish(Some(mirador_actors::Position {
+            partition: 0,
+            offset: delivered.len() as u64,
+        }))
+        .await;
+    // Past the ack deadline: a message not acknowledged would be back by then.
+    let again: std::collections::BTreeSet<Vec<u8>> =
+        drain_until_quiet(&emulator, "lanes-sub", Duration::from_secs(15))
+            .await
+            .into_iter()
+            .map(|(data, _)| data)
+            .collect();
+    assert!(
+        !again.is_empty(),
+        "what the checkpoint did not pass comes back"
+    );
+    let repeated: Vec<_> = delivered.iter().filter(|d| again.contains(*d)).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} of the {} checkpointed messages were delivered again",
+        repeated.len(),
+        delivered.len()
     );
 }

@@ -612,6 +612,25 @@ impl PipelineSpec {
     pub fn checkpoint_interval(&self) -> Duration {
         Duration::from_millis(self.checkpoint.interval_ms)
     }
+
+    /// The spec as an executor of region `region` runs it: a Pub/Sub subscription that
+    /// names `{region}` becomes that region's. A node of no region (`""`) cannot run one.
+    pub fn in_region(mut self, region: &str) -> Result<PipelineSpec, FieldError> {
+        if let SourceSpec::Pubsub(pubsub) = &self.source {
+            let resolved = pubsub.in_region(region).ok_or_else(|| {
+                FieldError::new(
+                    "source.pubsub.subscription",
+                    format!(
+                        "{:?} names {}: only an executor of a region (--region) reads it",
+                        pubsub.subscription,
+                        pubsub::REGION_PLACEHOLDER
+                    ),
+                )
+            })?;
+            self.source = SourceSpec::Pubsub(resolved);
+        }
+        Ok(self)
+    }
 }
 
 impl SourceSpec {
@@ -931,6 +950,35 @@ dead_letter:
         let e = error(&SPEC.replace("    events: 10", "    events: 10\n    evnts: 3"));
         assert_eq!(e.field, "source.generator.evnts");
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_subscription_per_region_is_resolved_by_the_executors_region() {
+        let yaml = SPEC.replace(
+            "  generator:\n    events: 10",
+            "  pubsub:\n    project: proj\n    subscription: \"events-{region}\"",
+        );
+        let spec = PipelineSpec::from_yaml(&yaml).unwrap();
+        let SourceSpec::Pubsub(east) = spec.clone().in_region("east").unwrap().source else {
+            panic!("a pubsub source");
+        };
+        assert_eq!(
+            east.subscription_path(),
+            "projects/proj/subscriptions/events-east"
+        );
+        assert!(!east.per_region());
+        let e = spec.in_region("").unwrap_err();
+        assert_eq!(e.field, "source.pubsub.subscription");
+        assert!(e.message.contains("--region"), "{e}");
+        // What the region's name makes of it is checked as any name is.
+        let e = error(&yaml.replace("events-{region}", "{region}-e!"));
+        assert_eq!(e.field, "source.pubsub.subscription");
+        // A subscription of its own is the same in every region.
+        let plain = PipelineSpec::from_yaml(&yaml.replace("events-{region}", "events-all"))
+            .unwrap()
+            .in_region("")
+            .unwrap();
+        assert_eq!(plain.source_name(), "pubsub:events-all");
     }
 
     #[test]

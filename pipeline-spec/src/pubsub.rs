@@ -8,6 +8,9 @@ use crate::FieldError;
 #[serde(deny_unknown_fields)]
 pub struct PubsubSourceSpec {
     pub project: String,
+    /// May name `{region}`: each region then reads a subscription of its own (the
+    /// executor's `--region` in place of `{region}`), and a failover moves the taking
+    /// region's subscription to where the other's stood.
     pub subscription: String,
     #[serde(default = "default_lanes")]
     pub lanes: u32,
@@ -49,6 +52,9 @@ pub struct PubsubSinkSpec {
     pub endpoint: Option<String>,
 }
 
+/// In a subscription's name, the region of the executor that reads it.
+pub const REGION_PLACEHOLDER: &str = "{region}";
+
 fn valid_id(id: &str) -> bool {
     // Pub/Sub's rule: 3 to 255 characters, starting with a letter.
     (3..=255).contains(&id.len())
@@ -87,10 +93,14 @@ fn validate_common(
 
 impl PubsubSourceSpec {
     pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        // A region's name is checked where it is configured: here any will do.
         validate_common(
             field,
             &self.project,
-            ("subscription", &self.subscription),
+            (
+                "subscription",
+                &self.subscription.replace(REGION_PLACEHOLDER, "region"),
+            ),
             self.endpoint.as_ref(),
         )?;
         if !(1..=64).contains(&self.lanes) {
@@ -118,6 +128,23 @@ impl PubsubSourceSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Whether each region reads a subscription of its own.
+    pub fn per_region(&self) -> bool {
+        self.subscription.contains(REGION_PLACEHOLDER)
+    }
+
+    /// The spec as region `region` reads it: `{region}` replaced by its name. `None` when
+    /// the subscription names `{region}` and `region` is empty (a node of no region).
+    pub fn in_region(&self, region: &str) -> Option<PubsubSourceSpec> {
+        if !self.per_region() {
+            return Some(self.clone());
+        }
+        (!region.is_empty()).then(|| PubsubSourceSpec {
+            subscription: self.subscription.replace(REGION_PLACEHOLDER, region),
+            ..self.clone()
+        })
     }
 
     pub fn subscription_path(&self) -> String {

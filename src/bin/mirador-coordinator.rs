@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mirador_connectors::registry;
-use mirador_coordinator::node::{self, CoordinatorArgs, SpecValidator};
+use mirador_coordinator::node::{self, CoordinatorArgs, SpecConnectors};
 
 // Logging, the runtime and errors, as the `mirador` binary has them.
 #[path = "../entry.rs"]
@@ -26,7 +26,11 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     entry::run(async {
-        node::run(cli.args, SpecValidator::new(registry::count_partitions)).await?;
+        node::run(
+            cli.args,
+            SpecConnectors::new(registry::count_partitions, registry::move_source),
+        )
+        .await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,75 +1,86 @@
-//! An append-only JSON-lines file.
+//! An append-only JSON-lines file, shared by every writer of it.
+//!
+//! The partitions of a pipeline, and the executors of both regions, may append to one
+//! file. Each append holds an exclusive lock on the file (`flock`, released when its
+//! process dies), so that no writer ever sees another's batch half-written: a last line
+//! without its newline, found under the lock, is what a writer killed mid-write or a
+//! failed write left, and it is cut off before the next batch lands.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub struct JsonlFile {
     file: File,
-    /// Length of the whole records written: where the next batch starts.
-    whole: u64,
-    /// A failed write may have left part of a batch after `whole`.
-    torn: bool,
 }
 
 impl JsonlFile {
-    /// Opens `path` for appending, creating it and its folder. A last line cut short by a
-    /// crash is removed, so that the file holds only whole records.
+    /// Opens `path` for appending, creating it and its folder, and cuts off a last line
+    /// cut short by a crash, so that the file holds only whole records.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)?;
-        let whole = whole_length(&mut file)?;
-        if whole != file.metadata()?.len() {
-            file.set_len(whole)?;
-        }
-        Ok(JsonlFile {
-            file,
-            whole,
-            torn: false,
-        })
+        let sink = JsonlFile { file };
+        sink.locked(|file| whole_length(file).map(drop))?;
+        Ok(sink)
     }
 
     /// Appends whole records. A write that fails part-way (a full disk) is cut back to the
     /// last whole record before the error is returned, or at the latest before the next
-    /// append, so that a retried batch never lands after a torn line.
+    /// append (by whichever writer comes next), so that a retried batch never lands after
+    /// a torn line.
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.torn {
-            self.file.set_len(self.whole)?;
-            self.torn = false;
-        }
-        match self.file.write_all(bytes) {
-            Ok(()) => {
-                self.whole += bytes.len() as u64;
-                Ok(())
-            }
-            Err(error) => {
-                self.torn = self.file.set_len(self.whole).is_err();
-                Err(error)
-            }
-        }
+        self.locked(|mut file| {
+            let whole = whole_length(file)?;
+            file.write_all(bytes).inspect_err(|_| {
+                let _ = file.set_len(whole);
+            })
+        })
+    }
+
+    /// Runs `f` holding the file's exclusive lock.
+    fn locked<T>(&self, f: impl FnOnce(&File) -> std::io::Result<T>) -> std::io::Result<T> {
+        self.file.lock()?;
+        let result = f(&self.file);
+        let unlocked = self.file.unlock();
+        let value = result?;
+        unlocked?;
+        Ok(value)
     }
 }
 
-/// Length of the file up to and including its last newline.
-fn whole_length(file: &mut File) -> std::io::Result<u64> {
+/// The length of the file up to and including its last newline, once whatever follows
+/// that newline (a torn line) is cut off. Called under the lock.
+fn whole_length(file: &File) -> std::io::Result<u64> {
     let len = file.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(len);
+    }
     let mut end = len;
     let mut chunk = vec![0u8; 64 * 1024];
     while end > 0 {
         let start = end.saturating_sub(chunk.len() as u64);
         let n = (end - start) as usize;
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut chunk[..n])?;
+        file.read_exact_at(&mut chunk[..n], start)?;
         if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
-            return Ok(start + i as u64 + 1);
+            let whole = start + i as u64 + 1;
+            if whole != len {
+                file.set_len(whole)?;
+            }
+            return Ok(whole);
         }
         end = start;
+    }
+    if len != 0 {
+        file.set_len(0)?;
     }
     Ok(0)
 }
@@ -90,6 +101,52 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "{\"a\":1}\n{\"c\":3}\n"
+        );
+    }
+
+    #[test]
+    fn writers_of_one_file_opening_and_appending_at_once_keep_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scored.jsonl");
+        let record = |writer: usize, i: usize| {
+            format!(
+                "{{\"writer\":{writer},\"i\":{i},\"pad\":\"{}\"}}\n",
+                "x".repeat(400)
+            )
+        };
+        // Large batches, so that a write in progress is often seen half-done; writers that
+        // open the file while another appends, as partitions starting beside running ones do.
+        let writers: Vec<_> = (0..4)
+            .map(|writer| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for round in 0..25 {
+                        let mut file = JsonlFile::open(&path).unwrap();
+                        for batch in 0..4 {
+                            let from = (round * 4 + batch) * 50;
+                            let bytes: String =
+                                (from..from + 50).map(|i| record(writer, i)).collect();
+                            file.append(bytes.as_bytes()).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a whole line: {e}: {line:.60}"));
+            assert!(
+                seen.insert((value["writer"].as_u64(), value["i"].as_u64())),
+                "{line:.60}"
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            4 * 25 * 4 * 50,
+            "every record of every writer, once"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Topics, subscriptions and bulk publishing, for development services, tests and
-//! `mirador generate`.
+//! `mirador generate`; and moving a region's subscription to where another region's
+//! stands, for a failover.
 
 use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
@@ -71,4 +72,89 @@ pub async fn publish(
         }
     }
     Ok(published)
+}
+
+/// How far before the snapshot's time a subscription is sought when the other region's
+/// subscription cannot be read: messages published earlier and not yet processed there
+/// would be lost, so the margin is generous (a backlog older than this is lost).
+pub const SEEK_REWIND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Before region `to` runs a pipeline region `from` ran, on a subscription per region
+/// (`{region}` in its name): `to`'s subscription is sought to a Pub/Sub snapshot of
+/// `from`'s, so that it delivers exactly what `from` had not acknowledged (and what came
+/// after). When `from`'s subscription cannot be snapshotted, it is sought to the time
+/// `since` less [`SEEK_REWIND`]. `Ok(None)`: one subscription for both regions, nothing to
+/// move.
+pub async fn move_subscription(
+    spec: &super::PubsubSourceSpec,
+    from: &str,
+    to: &str,
+    since: std::time::SystemTime,
+) -> anyhow::Result<Option<String>> {
+    let (Some(old), Some(new)) = (spec.in_region(from), spec.in_region(to)) else {
+        return Ok(None);
+    };
+    if old.subscription == new.subscription {
+        return Ok(None);
+    }
+    let connection = super::connection(spec.endpoint.as_ref());
+    let mut builder = SubscriptionAdmin::builder();
+    if let Some(endpoint) = connection.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(credentials) = connection.credentials {
+        builder = builder.with_credentials(credentials);
+    }
+    let admin = builder.build().await?;
+    let millis = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut name = format!("{}-to-{to}-{millis}", new.subscription);
+    name.truncate(255);
+    let snapshot = format!("projects/{}/snapshots/{name}", spec.project);
+    let taken = admin
+        .create_snapshot()
+        .set_name(&snapshot)
+        .set_subscription(old.subscription_path())
+        .send()
+        .await;
+    match taken {
+        Ok(_) => {
+            admin
+                .seek()
+                .set_subscription(new.subscription_path())
+                .set_snapshot(&snapshot)
+                .send()
+                .await?;
+            if let Err(error) = admin.delete_snapshot().set_snapshot(&snapshot).send().await {
+                tracing::warn!(%snapshot, %error, "pubsub: cannot delete a failover snapshot");
+            }
+            Ok(Some(format!(
+                "subscription {:?} sought to a snapshot of {:?}: it delivers what region {from:?} \
+                 had not acknowledged",
+                new.subscription, old.subscription
+            )))
+        }
+        Err(error) => {
+            let time = since
+                .checked_sub(SEEK_REWIND)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let timestamp = google_cloud_wkt::Timestamp::try_from(time)
+                .map_err(|e| anyhow::anyhow!("a seek time: {e}"))?;
+            admin
+                .seek()
+                .set_subscription(new.subscription_path())
+                .set_time(timestamp)
+                .send()
+                .await?;
+            Ok(Some(format!(
+                "subscription {:?} sought to {} s before the snapshot's time: {:?} cannot be \
+                 snapshotted ({error}); a backlog older than that would be lost",
+                new.subscription,
+                SEEK_REWIND.as_secs(),
+                old.subscription
+            )))
+        }
+    }
 }

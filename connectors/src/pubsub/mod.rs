@@ -7,7 +7,7 @@ mod source;
 
 use google_cloud_auth::credentials::{anonymous, Credentials};
 
-pub use admin::{create_subscription, create_topic, publish};
+pub use admin::{create_subscription, create_topic, move_subscription, publish, SEEK_REWIND};
 // The spec types live in `mirador-spec`, so that specs are checked without any client.
 pub use mirador_spec::pubsub::{PubsubSinkSpec, PubsubSourceSpec};
 pub use sink::PubsubSink;

@@ -93,6 +93,23 @@ pub async fn answer(raft: &Raft, timing: Timing, request: &PreVoteRequest) -> Pr
     PreVoteResponse { granted }
 }
 
+/// The instants of openraft's runtime.
+type RaftInstant =
+    <<super::TypeConfig as openraft::RaftTypeConfig>::AsyncRuntime as openraft::AsyncRuntime>::Instant;
+
+/// When this node last voted or heard from a leader, and its vote's term; `None` once
+/// `raft` has shut down.
+async fn vote_seen(raft: &Raft) -> Option<(Option<RaftInstant>, u64)> {
+    raft.with_raft_state(|st| {
+        (
+            st.vote_last_modified(),
+            st.vote_ref().leader_id().get_term(),
+        )
+    })
+    .await
+    .ok()
+}
+
 /// Runs this node's elections until `raft` shuts down: see the module's documentation.
 pub async fn campaign<N: PreVoteNetwork>(raft: Raft, network: N, timing: Timing) {
     let min = timing.election_min.as_millis() as u64;
@@ -109,17 +126,10 @@ pub async fn campaign<N: PreVoteNetwork>(raft: Raft, network: N, timing: Timing)
         if metrics.state == ServerState::Leader || !voters.contains(&metrics.id) {
             continue;
         }
-        let Ok((quiet_for, term)) = raft
-            .with_raft_state(|st| {
-                let quiet_for = st
-                    .vote_last_modified()
-                    .map_or(Duration::MAX, |at| at.elapsed());
-                (quiet_for, st.vote_ref().leader_id().get_term())
-            })
-            .await
-        else {
+        let Some((heard_at, term)) = vote_seen(&raft).await else {
             return;
         };
+        let quiet_for = heard_at.map_or(Duration::MAX, |at| at.elapsed());
         let last_log_id = raft.data_metrics().borrow().last_log;
         // Heard from a leader (or voted) within this round's timeout: wait on.
         if quiet_for < timeout {
@@ -146,6 +156,20 @@ pub async fn campaign<N: PreVoteNetwork>(raft: Raft, network: N, timing: Timing)
             .count()
             + 1;
         if granted * 2 > voters.len() {
+            // The answers took a while: if this node voted for another candidate meanwhile,
+            // or heard from a leader, the region has one (or is electing it), and standing
+            // now would depose it. Two nodes left of three would take turns so, each
+            // elected and deposed by the other, for as long as their answers cross.
+            let Some(since) = vote_seen(&raft).await else {
+                return;
+            };
+            if since != (heard_at, term) {
+                tracing::debug!(
+                    term = term + 1,
+                    "pre-vote won, but a leader or a candidate came meanwhile"
+                );
+                continue;
+            }
             tracing::info!(
                 term = term + 1,
                 granted,

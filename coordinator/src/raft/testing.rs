@@ -37,6 +37,8 @@ struct Links {
     drop_ratio: f64,
     /// Bounds of the random time a request waits before it is delivered.
     delay: (Duration, Duration),
+    /// How long the answer to a pre-vote takes to come back.
+    pre_vote_reply: Duration,
 }
 
 /// Why a message did not arrive.
@@ -85,6 +87,12 @@ impl Router {
     /// Delays each request by a uniformly random time in `[min, max]`.
     pub fn set_delay(&self, min: Duration, max: Duration) {
         self.lock().delay = (min, max.max(min));
+    }
+
+    /// Delays each answer to a pre-vote by `delay`: it then reaches its asker after the
+    /// answering node may have moved on (voted, or been elected).
+    pub fn set_pre_vote_reply_delay(&self, delay: Duration) {
+        self.lock().pre_vote_reply = delay;
     }
 
     /// Cuts every link between nodes of different groups; nodes in no group keep their links.
@@ -177,7 +185,10 @@ impl super::prevote::PreVoteNetwork for RouterNetwork {
             let (raft, delay) = self.router.send(self.id, target).ok()?;
             let answer = tokio::time::timeout(timing.election_min, async {
                 tokio::time::sleep(delay).await;
-                super::prevote::answer(&raft, timing, &request).await
+                let answer = super::prevote::answer(&raft, timing, &request).await;
+                let reply_delay = self.router.lock().pre_vote_reply;
+                tokio::time::sleep(reply_delay).await;
+                answer
             })
             .await
             .ok()?;

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mirador_proto::admin::admin_client::AdminClient;
 use mirador_proto::admin::{FailoverRequest, FailoverResponse, Ownership, RegionsResponse};
@@ -35,12 +35,14 @@ use mirador_proto::region::region_peer_server::RegionPeer;
 use mirador_proto::region::{
     HandOverRequest, HandOverResponse, PeerStatusRequest, PeerStatusResponse, PipelineEpoch,
 };
+use mirador_proto::snapshot as pb;
 use mirador_proto::sync::Locked;
 use mirador_proto::transport::ChannelOptions;
 use mirador_spec::{FailoverMode, FieldError};
 use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
+use crate::admin::Connectors;
 use crate::raft::RaftNode;
 use crate::snapshot::admin::info;
 use crate::snapshot::store::{check_region, Owner, StoreConfig};
@@ -159,10 +161,17 @@ pub struct Regions {
     view: Mutex<View>,
     /// One failover at a time, given or taken.
     busy: tokio::sync::Mutex<()>,
+    /// Moves a source's position between the regions' copies before it starts here.
+    connectors: Arc<dyn Connectors>,
 }
 
 fn unavailable(error: anyhow::Error) -> Status {
     Status::unavailable(format!("{error:#}"))
+}
+
+/// When a snapshot's state was read.
+fn taken_at(manifest: &pb::Manifest) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(manifest.taken_at_ms)
 }
 
 /// How long a hand-over waits for partitions to stop in one call; the taker asks again.
@@ -177,6 +186,7 @@ impl Regions {
         snapshots: Arc<Snapshots>,
         failover: FailoverFile,
         peer: Option<&PeerFile>,
+        connectors: Arc<dyn Connectors>,
     ) -> Self {
         let peer = peer
             .filter(|p| !p.coordinators.is_empty())
@@ -199,6 +209,7 @@ impl Regions {
             checked_term: AtomicU64::new(0),
             view: Mutex::new(View::default()),
             busy: tokio::sync::Mutex::new(()),
+            connectors,
         }
     }
 
@@ -232,6 +243,35 @@ impl Regions {
             }
         }
         Ok(records)
+    }
+
+    /// Before a snapshot of region `from`, taken at `since`, is restored here: this region
+    /// takes every pipeline of it at a new region epoch, recorded in the stores, with its
+    /// source moved to where `from`'s stood. Active-active pipelines have no records.
+    pub async fn take_restored(
+        &self,
+        from: &str,
+        since: SystemTime,
+        state: &mut ClusterState,
+    ) -> Result<(), Status> {
+        if !self.raft.state().pipelines.is_empty() {
+            // The restore itself refuses, naming the field.
+            return Ok(());
+        }
+        let records = self.records().await.map_err(unavailable)?;
+        for pipeline in state.pipelines.values_mut() {
+            if from != self.region {
+                self.move_source(pipeline, from, since).await?;
+            }
+            if pipeline.failover == FailoverMode::ActiveActive {
+                continue;
+            }
+            let recorded = records.get(&pipeline.name).map_or(0, |o| o.epoch);
+            pipeline.region_epoch = pipeline.region_epoch.max(recorded) + 1;
+            self.claim(&pipeline.name, pipeline.region_epoch, &self.region)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records `region` as owner of `pipeline` from `epoch` on: in this region's store
@@ -462,7 +502,8 @@ impl Regions {
                 ..pipeline.clone()
             });
         }
-        self.adopt(adopted, &snapshot).await?;
+        self.adopt(adopted, &snapshot, &peer.region, taken_at(&manifest))
+            .await?;
         Ok(Some(FailoverResponse {
             to: self.region.clone(),
             pipelines: names,
@@ -546,7 +587,8 @@ impl Regions {
             })?;
             adopted.push(pipeline.clone());
         }
-        self.adopt(adopted, &snapshot).await?;
+        self.adopt(adopted, &snapshot, &link.region, taken_at(&manifest))
+            .await?;
         Ok(FailoverResponse {
             to: self.region.clone(),
             pipelines: names,
@@ -557,8 +599,18 @@ impl Regions {
     }
 
     /// Commits the adoption of `pipelines` (their region epochs set) with what `snapshot`
-    /// holds of them.
-    async fn adopt(&self, pipelines: Vec<Pipeline>, snapshot: &ClusterState) -> Result<(), Status> {
+    /// of region `from`, taken at `since`, holds of them, once their sources are moved to
+    /// where `from`'s stood.
+    async fn adopt(
+        &self,
+        pipelines: Vec<Pipeline>,
+        snapshot: &ClusterState,
+        from: &str,
+        since: SystemTime,
+    ) -> Result<(), Status> {
+        for pipeline in &pipelines {
+            self.move_source(pipeline, from, since).await?;
+        }
         let names: BTreeSet<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
         let checkpoints = snapshot
             .checkpoints
@@ -581,6 +633,32 @@ impl Regions {
             })
             .await?;
         Ok(())
+    }
+
+    /// Moves the pipeline's source to where region `from`'s copy stood, before it starts
+    /// here.
+    async fn move_source(
+        &self,
+        pipeline: &Pipeline,
+        from: &str,
+        since: SystemTime,
+    ) -> Result<(), Status> {
+        match self
+            .connectors
+            .move_source(&pipeline.spec, from, &self.region, since)
+            .await
+        {
+            Ok(Some(done)) => {
+                tracing::info!(pipeline = %pipeline.name, %done, "source moved");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(Status::unavailable(format!(
+                "pipeline {:?}: its source cannot be moved to region {:?} ({error:#}): \
+                 nothing was started; ask again",
+                pipeline.name, self.region
+            ))),
+        }
     }
 
     /// Passes a failover to the other region on, when it is the one to take over.

@@ -11,6 +11,7 @@ use super::format::hex;
 use super::store::{SnapshotStore, StoreConfig, StoreWithOptions};
 use super::{age_ms, Invalid, Snapshots};
 use crate::raft::RaftNode;
+use crate::region::Regions;
 use crate::state::{ClusterState, Command};
 use crate::status::invalid;
 
@@ -154,9 +155,19 @@ pub async fn read_for_restore(
     fetch(&store, request.sequence, "region").await
 }
 
-/// Restores the snapshot `request` names into the region `raft` leads.
-pub async fn restore(raft: &RaftNode, request: RestoreRequest) -> Result<RestoreResponse, Status> {
-    let (manifest, state) = read_for_restore(request).await?;
+/// Restores the snapshot `request` names into the region `raft` leads, which takes its
+/// pipelines (see [`Regions::take_restored`]).
+pub async fn restore(
+    raft: &RaftNode,
+    regions: &Regions,
+    request: RestoreRequest,
+) -> Result<RestoreResponse, Status> {
+    let (manifest, mut state) = read_for_restore(request).await?;
+    let since =
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(manifest.taken_at_ms);
+    regions
+        .take_restored(&manifest.region, since, &mut state)
+        .await?;
     let response = RestoreResponse {
         snapshot: Some(info(manifest.sequence, Some(&manifest), None)),
         pipelines: state.pipelines.len() as u32,

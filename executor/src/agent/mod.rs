@@ -262,7 +262,16 @@ impl ExecutorAgent {
                 partitions: partitions.clone(),
             };
             let sent = Instant::now();
-            match session.coordinators.heartbeat(request).await {
+            let answer = session.coordinators.heartbeat(request).await;
+            let took = sent.elapsed();
+            if took > session.lease_length / 4 {
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    answered = answer.is_ok(),
+                    "heartbeat slow: an answer extends the lease from when it was sent"
+                );
+            }
+            match answer {
                 Ok(()) => session.lease.extend_to(sent + session.lease_length),
                 Err(error) if error.is_fenced() => {
                     // The coordinators expired this incarnation.
@@ -560,7 +569,7 @@ impl ExecutorAgent {
         if let Some(resources) = self.resources.locked().get(&key) {
             return Ok(resources.clone());
         }
-        let spec = PipelineSpec::from_yaml(&a.spec)?;
+        let spec = PipelineSpec::from_yaml(&a.spec)?.in_region(&self.config.region)?;
         let mut resources = PipelineResources::build(spec, &self.pool).await?;
         // Each scored record names the region that scored it.
         resources.context.region = self.config.region.as_str().into();
