@@ -28,6 +28,9 @@ TANSU := $(TANSU_DIR)/bin/tansu
 MOTO_VERSION := 5.2.5
 MOTO_STAMP := $(VENV)/.moto-$(MOTO_VERSION)
 MOTO := $(VENV)/bin/moto_server
+# A gRPC client from PyPI that speaks reflection v1alpha, for the admin port's test.
+GRPCIO_VERSION := 1.85.1
+GRPCIO_STAMP := $(VENV)/.grpcio-$(GRPCIO_VERSION)
 
 .PHONY: services services-down tansu moto toolchain setup demo test verify fmt-check clippy features-check fix bench build model clean-out images base-images up down chaos
 
@@ -64,6 +67,11 @@ $(TANSU):
 tansu: $(TANSU)
 
 moto: $(MOTO_STAMP)
+
+$(GRPCIO_STAMP): $(TORCH_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  'grpcio-reflection==$(GRPCIO_VERSION)' 'grpcio-health-checking==$(GRPCIO_VERSION)'
+	touch $@
 
 $(MOTO_STAMP): $(TORCH_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'
@@ -111,8 +119,9 @@ bench: build
 	$(MIRADOR) bench
 
 # tests/chaos.rs builds the deployment's images from the test build (deploy/images.sh).
-test: setup $(TANSU) $(MOTO_STAMP)
-	CACHE=$(CACHE) MIRADOR_TANSU=$(TANSU) MIRADOR_MOTO=$(MOTO) cargo test --workspace
+test: setup $(TANSU) $(MOTO_STAMP) $(GRPCIO_STAMP)
+	CACHE=$(CACHE) MIRADOR_TANSU=$(TANSU) MIRADOR_MOTO=$(MOTO) MIRADOR_PYTHON=$(VENV)/bin/python \
+	  cargo test --workspace
 
 fmt-check:
 	cargo fmt --all -- --check

@@ -94,7 +94,7 @@ base() {
   }
   # The three root filesystems at once: each mostly waits on the mirror.
   local pids=()
-  root base ca-certificates & pids+=($!)
+  root base ca-certificates,libfaketime & pids+=($!)
   root java openjdk-17-jre-headless,ca-certificates & pids+=($!)
   root python python3,ca-certificates & pids+=($!)
   for pid in "${pids[@]}"; do wait "$pid" || exit 1; done

@@ -391,3 +391,64 @@ fn an_empty_region_lists_no_pipelines_in_words() {
         "{out:?}"
     );
 }
+
+/// The venv's Python with grpcio-reflection (`make test` sets `MIRADOR_PYTHON`).
+fn grpc_python() -> String {
+    let python = std::env::var("MIRADOR_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/mirador/venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let found = std::process::Command::new(&python)
+        .args(["-c", "import grpc_reflection, grpc_health"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "missing: grpcio-reflection and grpcio-health-checking for {python} (make test installs \
+         them; MIRADOR_PYTHON names another Python)"
+    );
+    python
+}
+
+#[test]
+fn a_grpc_client_from_pypi_finds_the_admin_api_through_reflection_and_calls_it() {
+    let python = grpc_python();
+    let binary = mirador();
+    let region = Region::start(std::path::Path::new(&binary), 1);
+    let leader = region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/reflection.py");
+    let out = std::process::Command::new(&python)
+        .args([script, &region.coordinator_list()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for version in ["v1alpha_services", "v1_services"] {
+        let services: Vec<&str> = seen[version]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for service in [
+            "mirador.admin.v1.Admin",
+            "mirador.coordinator.v1.ExecutorService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(services.contains(&service), "{version}: {services:?}");
+        }
+    }
+    // Built from reflection's descriptors alone: the status names this region's leader.
+    assert_eq!(
+        seen["cluster_status"]["leader_id"].as_str(),
+        Some(leader.to_string().as_str()),
+        "{seen}"
+    );
+    assert_eq!(seen["health"], "SERVING", "{seen}");
+}

@@ -142,13 +142,10 @@ impl Coordinator {
         health_reporter
             .set_serving::<AdminServer<AdminEndpoint>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(mirador_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         let router = mirador_proto::transport::server()
             .add_service(health)
-            .add_service(reflection)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
             .add_service(raft.grpc_service())
             .add_service(ExecutorServiceServer::from_arc(endpoints.executors))
             .add_service(AdminServer::from_arc(endpoints.admin))
@@ -257,4 +254,12 @@ impl InProcessCoordinator {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }
     }
+}
+
+/// Reflection over every service the admin port serves, offered both as
+/// `grpc.reflection.v1` and as `v1alpha`, which many clients still speak.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mirador_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

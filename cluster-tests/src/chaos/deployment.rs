@@ -23,6 +23,8 @@ pub struct Deployment {
     root: PathBuf,
     mirador: PathBuf,
     tag: String,
+    /// docker-compose.yml, then the overrides a row adds to it.
+    files: Vec<String>,
 }
 
 pub type Result<T> = std::result::Result<T, String>;
@@ -59,14 +61,24 @@ impl Deployment {
             root: root.to_path_buf(),
             mirador: mirador.to_path_buf(),
             tag: tag.to_string(),
+            files: vec!["docker-compose.yml".to_string()],
         }
+    }
+
+    /// The same deployment with the compose file `file` (relative to the repository)
+    /// laid over it.
+    pub fn with_override(&self, file: &str) -> Self {
+        let mut d = self.clone();
+        d.files.push(file.to_string());
+        d
     }
 
     fn compose(&self, args: &[&str]) -> Result<String> {
         run(
             Command::new("docker-compose")
                 .current_dir(&self.root)
-                .args(["-p", &self.project, "-f", "docker-compose.yml"])
+                .args(["-p", &self.project])
+                .args(self.files.iter().flat_map(|f| ["-f", f]))
                 .args(args)
                 .env("MIRADOR_NET", &self.net)
                 .env("MIRADOR_TAG", &self.tag),
@@ -323,6 +335,11 @@ impl Deployment {
         out.lines()
             .filter_map(|l| mib(l.split('/').next()?.trim()))
             .collect()
+    }
+
+    /// `service`'s log so far.
+    pub fn logs(&self, service: &str) -> Result<String> {
+        self.compose(&["logs", "--no-color", service])
     }
 
     /// Every container's log, into `dir`.

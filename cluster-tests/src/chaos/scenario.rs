@@ -56,6 +56,8 @@ pub struct Row {
     pub duplicates_allowed: bool,
     /// The poison share of its load, when not the settings'.
     pub poison_share: Option<f64>,
+    /// A compose file laid over docker-compose.yml for this row.
+    pub overlay: Option<&'static str>,
     fault: fn(&mut Run) -> Result<()>,
 }
 
@@ -67,6 +69,7 @@ pub fn rows() -> Vec<Row> {
             name: "no faults, steady load",
             duplicates_allowed: false,
             poison_share: None,
+            overlay: None,
             fault: no_faults,
         },
         Row {
@@ -74,6 +77,7 @@ pub fn rows() -> Vec<Row> {
             name: "coordinator leader killed 3 times during a rebalance",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: leader_killed,
         },
         Row {
@@ -81,6 +85,7 @@ pub fn rows() -> Vec<Row> {
             name: "coordinator leader paused 15 s",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: leader_paused,
         },
         Row {
@@ -88,6 +93,7 @@ pub fn rows() -> Vec<Row> {
             name: "an executor cut off from the coordinators 30 s",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: executor_cut_off,
         },
         Row {
@@ -95,6 +101,7 @@ pub fn rows() -> Vec<Row> {
             name: "coordinators split 1 / 2 for 20 s",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: coordinators_split,
         },
         Row {
@@ -102,6 +109,7 @@ pub fn rows() -> Vec<Row> {
             name: "an executor killed (SIGKILL) mid-batch, 3 times",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: executor_killed,
         },
         Row {
@@ -109,6 +117,7 @@ pub fn rows() -> Vec<Row> {
             name: "every executor killed, 5 times, 2 s apart",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: every_executor_killed,
         },
         Row {
@@ -116,6 +125,7 @@ pub fn rows() -> Vec<Row> {
             name: "Bigtable down (paused) 20 s",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: bigtable_down,
         },
         Row {
@@ -123,6 +133,7 @@ pub fn rows() -> Vec<Row> {
             name: "executors' network: 50 ms delay, then 20 % loss, 60 s",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: network_degraded,
         },
         Row {
@@ -130,6 +141,7 @@ pub fn rows() -> Vec<Row> {
             name: "5 % poison records",
             duplicates_allowed: false,
             poison_share: Some(0.05),
+            overlay: None,
             fault: no_faults,
         },
         Row {
@@ -137,6 +149,7 @@ pub fn rows() -> Vec<Row> {
             name: "region a lost, b takes over from its snapshot",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: region_lost,
         },
         Row {
@@ -144,7 +157,16 @@ pub fn rows() -> Vec<Row> {
             name: "region a lost, b's three newest copies of its snapshots damaged",
             duplicates_allowed: true,
             poison_share: None,
+            overlay: None,
             fault: snapshots_damaged,
+        },
+        Row {
+            number: 13,
+            name: "wall clocks of region a's coordinators jumped 600 s back and forth",
+            duplicates_allowed: false,
+            poison_share: None,
+            overlay: Some(CLOCK_FAULTS),
+            fault: clock_jumps,
         },
     ]
 }
@@ -156,6 +178,7 @@ pub fn smoke() -> Row {
         name: "smoke: an executor killed with SIGKILL",
         duplicates_allowed: true,
         poison_share: None,
+        overlay: None,
         fault: executor_killed_once,
     }
 }
@@ -235,6 +258,9 @@ fn running_without(d: &Deployment, gone: &[&str]) -> bool {
 /// Runs `row` on a deployment of its own, which it removes at the end.
 pub fn execute(row: &Row, d: &Deployment, settings: &Settings) -> Outcome {
     let started = Instant::now();
+    let d = &row
+        .overlay
+        .map_or_else(|| d.clone(), |file| d.with_override(file));
     let mut outcome = Outcome {
         row: row.number,
         name: row.name,
@@ -769,4 +795,151 @@ fn snapshots_damaged(run: &mut Run) -> Result<()> {
     }
     restore_region_a(d)?;
     Ok(())
+}
+
+/// Region a's coordinators with faked wall clocks (libfaketime), each offset by what its
+/// container's [`CLOCK`] file says; the overlay says why the executors keep the real one.
+const CLOCK_FAULTS: &str = "deploy/clock-faults.yaml";
+const CLOCK: &str = "/tmp/mirador-clock";
+
+/// Sets `service`'s wall clock `offset` seconds off the host's.
+fn set_clock(d: &Deployment, service: &str, offset: i64) -> Result<()> {
+    d.exec(
+        service,
+        &["bash", "-c", &format!("echo '{offset:+}s' > {CLOCK}")],
+    )
+    .map(drop)
+}
+
+/// How far `service`'s wall clock is off the host's, in whole seconds.
+fn clock_offset(d: &Deployment, service: &str) -> Result<i64> {
+    let inside: i64 = d
+        .exec(service, &["date", "+%s"])?
+        .trim()
+        .parse()
+        .map_err(|e| format!("date in {service}: {e}"))?;
+    let here = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs() as i64);
+    Ok(inside - here)
+}
+
+/// Each partition's owner and epoch.
+fn owners(d: &Deployment) -> Result<Vec<(i64, String, u64)>> {
+    let list = assignments(d).ok_or("not every partition is running")?;
+    Ok(list
+        .iter()
+        .map(|a| {
+            (
+                a["partition"].as_i64().unwrap_or(-1),
+                a["owner"].as_str().unwrap_or_default().to_string(),
+                a["epoch"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// Steps the wall clocks of region a's coordinators by 600 s, forward and back: the
+/// leader's, then the followers' in opposite directions, then all three apart, each held
+/// for 8 s (four leases). Leases are granted and expired on the monotonic clock, so no
+/// lease may expire, no partition move (same owner, same epoch), region b take nothing
+/// over, and no record be written twice.
+fn clock_jumps(run: &mut Run) -> Result<()> {
+    let d = run.d;
+    let before = owners(d)?;
+    let leader = d.leader("a").ok_or("region a has no leader")?;
+    let leader_service = format!("a-c{leader}");
+    let followers: Vec<String> = (1..=3)
+        .filter(|i| *i != leader)
+        .map(|i| format!("a-c{i}"))
+        .collect();
+    let (l, f1, f2) = (
+        leader_service.as_str(),
+        followers[0].as_str(),
+        followers[1].as_str(),
+    );
+    let steps: Vec<Vec<(&str, i64)>> = vec![
+        vec![(l, 600)],
+        vec![(l, -600)],
+        vec![(l, 0), (f1, 600), (f2, -600)],
+        vec![(l, 600), (f1, -600), (f2, 300)],
+        vec![(l, 0), (f1, 0), (f2, 0)],
+    ];
+    let mut seen = Vec::new();
+    for step in &steps {
+        for (service, offset) in step {
+            set_clock(d, service, *offset)?;
+        }
+        // libfaketime reads the file again at most a second after it changed.
+        std::thread::sleep(Duration::from_millis(1500));
+        for (service, offset) in step {
+            let actual = clock_offset(d, service)?;
+            if (actual - offset).abs() > 5 {
+                run.fail(format!(
+                    "{service}'s clock is {actual:+} s off, not {offset:+} s"
+                ));
+            }
+            seen.push(actual);
+        }
+        std::thread::sleep(Duration::from_secs(8));
+    }
+    run.healed();
+    let (low, high) = (seen.iter().min(), seen.iter().max());
+    run.figure(format!(
+        "{} clock jumps in {} steps (offsets seen {:+} s to {:+} s), the leader's first",
+        seen.len(),
+        steps.len(),
+        low.unwrap_or(&0),
+        high.unwrap_or(&0)
+    ));
+
+    let mut after = Vec::new();
+    run.time_until(10, || {
+        after = owners(d).unwrap_or_default();
+        !after.is_empty()
+    });
+    if after.is_empty() {
+        return Err("not every partition running 10 s after the clocks were set back".into());
+    }
+    let moved: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(b, a)| {
+            format!(
+                "partition {}: {} epoch {} -> {} epoch {}",
+                b.0, b.1, b.2, a.1, a.2
+            )
+        })
+        .collect();
+    let mut expired = 0;
+    for c in ["a-c1", "a-c2", "a-c3"] {
+        expired += d.logs(c)?.matches("lease expired").count();
+    }
+    let b_took_over = b_runs_any_partition(d);
+    run.figure(format!(
+        "leases expired {expired}, partitions moved {}, region b took over {}",
+        moved.len(),
+        if b_took_over { "some" } else { "none" }
+    ));
+    if expired > 0 {
+        run.fail(format!("{expired} leases expired while the clocks jumped"));
+    }
+    if !moved.is_empty() {
+        run.fail(format!("partitions moved: {}", moved.join(", ")));
+    }
+    if b_took_over {
+        run.fail("region b runs partitions of region a's pipeline".into());
+    }
+    Ok(())
+}
+
+/// Whether region b runs any partition of the pipeline.
+fn b_runs_any_partition(d: &Deployment) -> bool {
+    d.admin("b", &["describe", PIPELINE]).is_ok_and(|info| {
+        info["assignments"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|a| a["state"] == "running" && a["owner"] != "")
+        })
+    })
 }
