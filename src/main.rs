@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bench::connectors::{run_connector_bench, ConnectorBenchOptions};
 use bench::{run_bench, BenchOptions};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use mirador_executor::connectors::bigtable::{create_table, load_features, BigtableSpec};
 use mirador_executor::connectors::kafka::produce;
 use mirador_executor::connectors::pubsub::publish;
@@ -35,6 +35,9 @@ use mirador_executor::{run_pipeline, PipelineResources, PipelineSpec, RunOptions
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written: `text`, or `json` (one object a line).
+    #[arg(long, global = true, value_enum, default_value_t = entry::LogFormat::Text)]
+    log_format: entry::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -254,10 +257,15 @@ fn exec_coordinator(args: Vec<std::ffi::OsString>) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Coordinator { args } = cli.command {
+    if let Command::Coordinator { mut args } = cli.command {
+        if let Some(format) = cli.log_format.to_possible_value() {
+            if cli.log_format != entry::LogFormat::Text {
+                args.extend(["--log-format".into(), format.get_name().into()]);
+            }
+        }
         return exec_coordinator(args);
     }
-    entry::run(run(cli))
+    entry::run(cli.log_format, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -77,3 +77,34 @@ fn mirador_coordinator_runs_the_coordinator_binary() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn logs_are_one_json_object_a_line_with_log_format_json() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mirador"))
+        .args(["--log-format", "json", "dev", "--events", "2000", "--out"])
+        .arg(out.path())
+        .env("MIRADOR_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| !l.starts_with('{') && (l.contains(" INFO ") || l.contains(" WARN "))),
+        "a log line as text: {stderr}"
+    );
+    let started = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "generation started")
+        .unwrap_or_else(|| panic!("no JSON line for a generation started: {stderr}"));
+    assert_eq!(started["level"], "INFO", "{started}");
+    assert!(started["fields"]["pipeline"].is_string(), "{started}");
+    assert!(started["timestamp"].is_string(), "{started}");
+}

@@ -21,11 +21,14 @@ mod entry;
 struct Cli {
     #[command(flatten)]
     args: CoordinatorArgs,
+    /// How log lines are written: `text`, or `json` (one object a line).
+    #[arg(long, value_enum, default_value_t = entry::LogFormat::Text)]
+    log_format: entry::LogFormat,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    entry::run(async {
+    entry::run(cli.log_format, async {
         node::run(
             cli.args,
             SpecConnectors::new(registry::count_partitions, registry::move_source),
