@@ -295,27 +295,19 @@ impl Deployment {
 
     /// Drops every packet between `service` and `peer` (an address), both ways.
     pub fn block(&self, service: &str, peer: &str) -> Result<()> {
-        self.in_netns(
-            service,
-            &["iptables", "-I", "INPUT", "-s", peer, "-j", "DROP"],
-        )?;
-        self.in_netns(
-            service,
-            &["iptables", "-I", "OUTPUT", "-d", peer, "-j", "DROP"],
-        )
-        .map(drop)
+        self.drop_rules(service, peer, "-I")
     }
 
     pub fn unblock(&self, service: &str, peer: &str) -> Result<()> {
-        self.in_netns(
-            service,
-            &["iptables", "-D", "INPUT", "-s", peer, "-j", "DROP"],
-        )?;
-        self.in_netns(
-            service,
-            &["iptables", "-D", "OUTPUT", "-d", peer, "-j", "DROP"],
-        )
-        .map(drop)
+        self.drop_rules(service, peer, "-D")
+    }
+
+    /// Inserts (`-I`) or deletes (`-D`) the rules that drop packets from and to `peer`.
+    fn drop_rules(&self, service: &str, peer: &str, op: &str) -> Result<()> {
+        for (chain, side) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            self.in_netns(service, &["iptables", op, chain, side, peer, "-j", "DROP"])?;
+        }
+        Ok(())
     }
 
     /// The resident memory of each executor container, in MiB.

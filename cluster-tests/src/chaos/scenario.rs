@@ -668,28 +668,39 @@ fn restore_region_a(d: &Deployment) -> Result<()> {
 
 /// Whether region b runs every partition of the pipeline on its own executors.
 fn b_runs_every_partition(d: &Deployment) -> bool {
-    d.admin("b", &["describe", PIPELINE]).is_ok_and(|info| {
-        let list = info["assignments"].as_array().cloned().unwrap_or_default();
-        list.len() == PARTITIONS as usize
-            && list.iter().all(|a| {
-                a["state"] == "running" && a["owner"].as_str().is_some_and(|o| o.starts_with("b-"))
-            })
-    })
+    let list = b_assignments(d);
+    list.len() == PARTITIONS as usize
+        && list.iter().all(|a| {
+            a["state"] == "running" && a["owner"].as_str().is_some_and(|o| o.starts_with("b-"))
+        })
+}
+
+/// The pipeline's assignments as region b describes them (none while b does not hold it).
+fn b_assignments(d: &Deployment) -> Vec<Value> {
+    d.admin("b", &["describe", PIPELINE])
+        .ok()
+        .and_then(|info| info["assignments"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Waits up to 120 s for region b to run every partition (its time since `since` is the
+/// row's figure), then starts region a again.
+fn b_takes_over(run: &mut Run, since: &str) -> Result<()> {
+    let d = run.d;
+    match run.time_until(120, || b_runs_every_partition(d)) {
+        Some(s) => run.figure(format!(
+            "region b runs every partition {s:.1} s after {since}"
+        )),
+        None => run.fail("region b did not take over within 120 s".into()),
+    }
+    restore_region_a(d)
 }
 
 fn region_lost(run: &mut Run) -> Result<()> {
     let d = run.d;
     lose_region_a(d)?;
     run.healed();
-    let took = run.time_until(120, || b_runs_every_partition(d));
-    match took {
-        Some(s) => run.figure(format!(
-            "region b runs every partition {s:.1} s after region a was lost"
-        )),
-        None => run.fail("region b did not take over within 120 s".into()),
-    }
-    restore_region_a(d)?;
-    Ok(())
+    b_takes_over(run, "region a was lost")
 }
 
 /// Damages, in region b's store, region a's three newest copies: a flipped bit in the
@@ -786,15 +797,7 @@ fn snapshots_damaged(run: &mut Run) -> Result<()> {
             sequences[3]
         ));
     }
-    let took = run.time_until(120, || b_runs_every_partition(d));
-    match took {
-        Some(s) => run.figure(format!(
-            "b runs every partition {s:.1} s after the failover"
-        )),
-        None => run.fail("region b did not take over within 120 s".into()),
-    }
-    restore_region_a(d)?;
-    Ok(())
+    b_takes_over(run, "the failover")
 }
 
 /// Region a's coordinators with faked wall clocks (libfaketime), each offset by what its
@@ -936,10 +939,7 @@ fn clock_jumps(run: &mut Run) -> Result<()> {
 
 /// Whether region b runs any partition of the pipeline.
 fn b_runs_any_partition(d: &Deployment) -> bool {
-    d.admin("b", &["describe", PIPELINE]).is_ok_and(|info| {
-        info["assignments"].as_array().is_some_and(|list| {
-            list.iter()
-                .any(|a| a["state"] == "running" && a["owner"] != "")
-        })
-    })
+    b_assignments(d)
+        .iter()
+        .any(|a| a["state"] == "running" && a["owner"] != "")
 }
