@@ -312,6 +312,76 @@ async fn the_source_knows_the_high_watermark_even_while_the_pipeline_holds_it_ba
     drop(source);
 }
 
+/// Produces `count` records to partition 0 of `topic` all at once, so that the producer
+/// packs them into a few large record batches.
+async fn produce_in_large_batches(brokers: &str, topic: &str, count: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "200")
+        .create()
+        .unwrap();
+    let payloads: Vec<String> = (0..count).map(|i| format!("record {i}")).collect();
+    let sends: Vec<_> = payloads
+        .iter()
+        .map(|payload| {
+            producer
+                .send_result(
+                    FutureRecord::<(), _>::to(topic)
+                        .partition(0)
+                        .payload(payload),
+                )
+                .map_err(|(error, _)| error)
+                .expect("queued")
+        })
+        .collect();
+    for (i, send) in sends.into_iter().enumerate() {
+        let delivery = send
+            .await
+            .expect("delivered")
+            .map_err(|(error, _)| error)
+            .expect("produced");
+        assert_eq!(delivery.offset, i as i64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_resuming_inside_a_record_batch_reads_from_its_checkpoint_on() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("packed", 1);
+    let brokers = broker.brokers();
+    produce_in_large_batches(&brokers, "packed", 500).await;
+
+    let spec: KafkaSourceSpec = serde_yaml_ng::from_str(&format!(
+        "brokers: \"{brokers}\"\ntopic: packed\nstop_at_end: true"
+    ))
+    .unwrap();
+    // Checkpoints inside the batches, the last record's among them.
+    for checkpoint in [1u64, 77, 250, 433, 499] {
+        let resume = Some(Position {
+            partition: 0,
+            offset: checkpoint,
+        });
+        let end = Arc::new(SourceEnd::default());
+        let mut source = KafkaSource::start(&spec, 0, 64, resume, end).unwrap();
+        let mut offsets = Vec::new();
+        while let Some(batch) = tokio::time::timeout(Duration::from_secs(20), source.next_batch())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("resumed at {checkpoint}, the source did not reach the end: {offsets:?}")
+            })
+            .unwrap()
+        {
+            offsets.extend(batch.items.iter().map(|r| r.origin.position.offset));
+        }
+        let wanted: Vec<u64> = (checkpoint..500).collect();
+        assert_eq!(
+            offsets, wanted,
+            "resumed at {checkpoint}: every record from there on, once, in order"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_kafka_sink_refuses_goes_to_the_dead_letter_as_sink_rejected() {
     let broker = KafkaBroker::start();

@@ -20,6 +20,9 @@ pub use source::{KafkaSource, QuietConsumer};
 /// The librdkafka settings of a consumer of the spec's topic.
 pub fn consumer_config(spec: &KafkaSourceSpec) -> ClientConfig {
     let mut config = ClientConfig::new();
+    // A position the log no longer holds (retention took it) resumes at the oldest record
+    // left, not past records never read; `properties` may say otherwise.
+    config.set("auto.offset.reset", "earliest");
     for (key, value) in &spec.properties {
         config.set(key, value);
     }

@@ -29,6 +29,87 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long the polling thread gathers messages into one batch.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 
+/// How long a seek back (see [`Resume`]) may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a resume waits for a first record, or the end, before it seeks back.
+const RESUME_PATIENCE: Duration = Duration::from_millis(500);
+
+/// A resume from a checkpoint that the broker has not yet shown it honours.
+///
+/// A fetch from an offset inside a record batch must return that batch (the client drops
+/// the records before the offset asked for). tansu 0.6.0's in-memory storage returns the
+/// batches that *start* at or after the offset instead, leaving out the rest of the batch
+/// that holds it, or nothing at all when that batch is the partition's last. So until a
+/// record at or before the resume point arrives, a first record past it, the end of the
+/// partition or [`RESUME_PATIENCE`] without either sends the poller further back, doubling
+/// the distance each time, and the records before the resume point are dropped. A broker that honours the fetch never
+/// causes a seek; a gap that is really there (compaction) survives the seeks and is
+/// reported.
+#[derive(Debug)]
+struct Resume {
+    at: i64,
+    /// How far before `at` the poller reads from now.
+    back: i64,
+    /// A record before `at` arrived: the broker's answer covers `at`.
+    covered: bool,
+    /// When reading began from where it is now.
+    since: Instant,
+}
+
+/// What becomes of a record polled while a [`Resume`] is checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// It is at or after the resume point, which is now checked (or the end is the end).
+    Take,
+    /// It comes before the resume point: read again, not wanted.
+    Drop,
+    /// It is past the resume point and nothing before it came: read from `from` on.
+    SeekBack { from: i64 },
+}
+
+impl Resume {
+    /// The first distance a seek back goes.
+    const FIRST_BACK: i64 = 64;
+
+    fn new(at: i64) -> Self {
+        Resume {
+            at,
+            back: 0,
+            covered: false,
+            since: Instant::now(),
+        }
+    }
+
+    /// The record polled at `offset`, or the end of the partition (`None`), which is
+    /// past the resume point as a record past it is.
+    fn admit(&mut self, offset: Option<i64>) -> Admit {
+        let past = offset.is_none_or(|offset| offset > self.at);
+        if offset.is_some_and(|offset| offset < self.at) {
+            self.covered = true;
+            Admit::Drop
+        } else if past && !self.covered && self.back < self.at {
+            let back = (self.back * 2).max(Self::FIRST_BACK).min(self.at);
+            Admit::SeekBack {
+                from: self.at - back,
+            }
+        } else {
+            Admit::Take
+        }
+    }
+
+    /// The seek to `from` happened; `floor`: `from` is the log's start, nothing earlier
+    /// is left to read.
+    fn sought(&mut self, from: i64, floor: bool) {
+        self.back = if floor { self.at } else { self.at - from };
+        self.since = Instant::now();
+    }
+
+    /// Nothing arrived from where reading began for longer than [`RESUME_PATIENCE`].
+    fn waited_too_long(&self) -> bool {
+        !self.covered && self.since.elapsed() >= RESUME_PATIENCE
+    }
+}
+
 enum Polled {
     /// (offset, payload) in offset order.
     Batch(Vec<(i64, Bytes)>),
@@ -75,6 +156,14 @@ impl KafkaSource {
             expected: match start {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
+            },
+            resume: match start {
+                Offset::Offset(offset) if offset > 0 => Some(Resume::new(offset)),
+                _ => None,
+            },
+            floor: match start {
+                Offset::Offset(offset) => offset,
+                _ => 0,
             },
             end,
             watermark_at: None,
@@ -140,6 +229,10 @@ struct Poller {
     partition: u32,
     /// The offset the next message should have, once known.
     expected: Option<i64>,
+    /// The checkpoint resumed from, until the broker has shown it starts there.
+    resume: Option<Resume>,
+    /// The checkpoint: a record before it, which a seek back reads again, is never taken.
+    floor: i64,
     /// The partition's high watermark, for its lag.
     end: Arc<SourceEnd>,
     /// When the high watermark was last asked for.
@@ -158,27 +251,21 @@ impl Poller {
                 match self.consumer.poll(left.max(Duration::from_millis(1))) {
                     Some(Ok(message)) => {
                         failures = 0;
-                        // Gaps are legal (compaction, transaction markers) but worth
-                        // saying: a broker that skips records shows here.
-                        match self.expected {
-                            Some(expected) if message.offset() > expected => {
-                                tracing::warn!(topic = %self.topic, partition = self.partition,
-                                    from = expected, to = message.offset() - 1,
-                                    "kafka partition skipped offsets");
-                            }
-                            Some(_) => {}
-                            // From the beginning: where the log starts now.
-                            None => self.end.set_first(message.offset().max(0) as u64),
-                        }
-                        self.expected = Some(message.offset() + 1);
+                        let offset = message.offset();
                         let payload = message
                             .payload()
                             .map(Bytes::copy_from_slice)
                             .unwrap_or_default();
-                        batch.push((message.offset(), payload));
+                        drop(message);
+                        if self.admit(Some(offset)) {
+                            self.take(offset, payload, &mut batch);
+                        }
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) => {
-                        at_end = self.stop_at_end;
+                        // The end, unless the broker left out the batch that holds the
+                        // checkpoint.
+                        let end = self.admit(None);
+                        at_end = self.stop_at_end && end;
                         break;
                     }
                     Some(Err(error)) => {
@@ -192,7 +279,14 @@ impl Poller {
                         std::thread::sleep(CONSUMER_RETRY.delay(failures - 1));
                         break;
                     }
-                    None => break,
+                    None => {
+                        if self.resume.as_ref().is_some_and(Resume::waited_too_long) {
+                            // As at the end, but only to seek: the broker may be holding
+                            // the batch back, or the partition is idle.
+                            self.seek_back_if_past(None);
+                        }
+                        break;
+                    }
                 }
                 if Instant::now() >= deadline {
                     break;
@@ -206,6 +300,77 @@ impl Poller {
                 let _ = self.tx.send(Polled::End);
                 return;
             }
+        }
+    }
+
+    /// Adds a polled record to the batch.
+    fn take(&mut self, offset: i64, payload: Bytes, batch: &mut Vec<(i64, Bytes)>) {
+        // Gaps are legal (compaction, transaction markers) but worth saying: a broker
+        // that skips records shows here.
+        match self.expected {
+            Some(expected) if offset > expected => {
+                tracing::warn!(topic = %self.topic, partition = self.partition,
+                    from = expected, to = offset - 1, "kafka partition skipped offsets");
+            }
+            Some(_) => {}
+            // From the beginning: where the log starts now.
+            None => self.end.set_first(offset.max(0) as u64),
+        }
+        self.expected = Some(offset + 1);
+        batch.push((offset, payload));
+    }
+
+    /// Whether a polled record at `offset` goes into the batch (`None`: whether the end
+    /// of the partition is its end). While the resume point is checked, seeks back when
+    /// the broker started past it (see [`Resume`]).
+    fn admit(&mut self, offset: Option<i64>) -> bool {
+        let Some(resume) = &mut self.resume else {
+            return offset.is_none_or(|offset| offset >= self.floor);
+        };
+        match resume.admit(offset) {
+            Admit::Take => {
+                self.resume = None;
+                true
+            }
+            Admit::Drop => false,
+            Admit::SeekBack { from } => {
+                self.seek_back(from, offset);
+                false
+            }
+        }
+    }
+
+    /// Seeks back if the resume point is unchecked and the broker is past it (`None`:
+    /// at the end of the partition, or silent); takes nothing and settles nothing.
+    fn seek_back_if_past(&mut self, offset: Option<i64>) {
+        if let Some(Admit::SeekBack { from }) = self.resume.as_mut().map(|r| r.admit(offset)) {
+            self.seek_back(from, offset);
+        }
+    }
+
+    fn seek_back(&mut self, from: i64, given: Option<i64>) {
+        tracing::info!(topic = %self.topic, partition = self.partition, asked = self.floor,
+            ?given, from, "the broker started past the checkpoint: reading from further back");
+        // Never before the log's start, where the consumer would reset.
+        let start = self
+            .consumer
+            .fetch_watermarks(&self.topic, self.partition as i32, WATERMARK_TIMEOUT)
+            .map_or(0, |(low, _)| low.max(0));
+        let from = from.max(start);
+        match self.consumer.seek(
+            &self.topic,
+            self.partition as i32,
+            Offset::Offset(from),
+            SEEK_TIMEOUT,
+        ) {
+            Ok(()) => {
+                if let Some(resume) = &mut self.resume {
+                    resume.sought(from, from == start);
+                }
+            }
+            // The next record past the checkpoint, or the next wait, tries again.
+            Err(error) => tracing::warn!(topic = %self.topic, partition = self.partition,
+                %error, "kafka seek failed"),
         }
     }
 
@@ -259,5 +424,72 @@ impl Poller {
                     "kafka high watermark not known");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_that_starts_at_the_checkpoint_causes_no_seek() {
+        let mut resume = Resume::new(100);
+        assert_eq!(resume.admit(Some(100)), Admit::Take);
+    }
+
+    #[test]
+    fn a_first_record_past_the_checkpoint_sends_the_poller_back_until_one_before_it_comes() {
+        let mut resume = Resume::new(1000);
+        assert_eq!(resume.admit(Some(1003)), Admit::SeekBack { from: 936 });
+        resume.sought(936, false);
+        // Still past: the batch holding 1000 starts before 936.
+        assert_eq!(resume.admit(Some(1003)), Admit::SeekBack { from: 872 });
+        resume.sought(872, false);
+        assert_eq!(resume.admit(Some(880)), Admit::Drop);
+        assert_eq!(resume.admit(Some(999)), Admit::Drop);
+        assert_eq!(resume.admit(Some(1000)), Admit::Take);
+    }
+
+    #[test]
+    fn a_gap_that_is_really_there_is_taken_once_a_record_before_the_checkpoint_came() {
+        let mut resume = Resume::new(1000);
+        assert_eq!(resume.admit(Some(1010)), Admit::SeekBack { from: 936 });
+        resume.sought(936, false);
+        assert_eq!(resume.admit(Some(990)), Admit::Drop);
+        assert_eq!(resume.admit(Some(1010)), Admit::Take);
+    }
+
+    #[test]
+    fn the_seeks_stop_at_the_log_start() {
+        let mut resume = Resume::new(100);
+        assert_eq!(resume.admit(Some(150)), Admit::SeekBack { from: 36 });
+        resume.sought(36, false);
+        assert_eq!(resume.admit(Some(150)), Admit::SeekBack { from: 0 });
+        resume.sought(0, true);
+        assert_eq!(
+            resume.admit(Some(150)),
+            Admit::Take,
+            "nothing earlier exists"
+        );
+
+        // Retention took the log up to 80: the first seek reaches its start.
+        let mut resume = Resume::new(100);
+        assert_eq!(resume.admit(Some(150)), Admit::SeekBack { from: 36 });
+        resume.sought(80, true);
+        assert_eq!(resume.admit(Some(150)), Admit::Take);
+    }
+
+    #[test]
+    fn the_end_of_the_partition_right_after_resuming_is_checked_as_a_record_past_it_is() {
+        let mut resume = Resume::new(10);
+        assert_eq!(resume.admit(None), Admit::SeekBack { from: 0 });
+        resume.sought(0, true);
+        assert_eq!(resume.admit(Some(4)), Admit::Drop);
+        assert_eq!(resume.admit(Some(10)), Admit::Take);
+
+        let mut at_the_end = Resume::new(10);
+        at_the_end.sought(0, true);
+        assert_eq!(at_the_end.admit(Some(9)), Admit::Drop);
+        assert_eq!(at_the_end.admit(None), Admit::Take, "the end is the end");
     }
 }
