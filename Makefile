@@ -31,6 +31,10 @@ MOTO := $(VENV)/bin/moto_server
 # A gRPC client from PyPI that speaks reflection v1alpha, for the admin port's test.
 GRPCIO_VERSION := 1.85.1
 GRPCIO_STAMP := $(VENV)/.grpcio-$(GRPCIO_VERSION)
+# promtool, which checks the format of the metrics in the tests: Debian's prometheus
+# package unpacked into the cache (nothing installed, no service started).
+PROMETHEUS_DIR := $(CACHE)/prometheus
+PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
 
 .PHONY: services services-down tansu moto toolchain setup demo test verify fmt-check clippy features-check fix bench build model clean-out images base-images up down chaos
 
@@ -72,6 +76,13 @@ $(GRPCIO_STAMP): $(TORCH_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
 	  'grpcio-reflection==$(GRPCIO_VERSION)' 'grpcio-health-checking==$(GRPCIO_VERSION)'
 	touch $@
+
+$(PROMTOOL):
+	mkdir -p $(PROMETHEUS_DIR)
+	cd $(PROMETHEUS_DIR) && { apt-get download prometheus 2>/dev/null || \
+	  { apt-get update -qq && apt-get download prometheus; }; } && \
+	  dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb
+	test -x $@
 
 $(MOTO_STAMP): $(TORCH_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'
@@ -119,9 +130,9 @@ bench: build
 	$(MIRADOR) bench
 
 # tests/chaos.rs builds the deployment's images from the test build (deploy/images.sh).
-test: setup $(TANSU) $(MOTO_STAMP) $(GRPCIO_STAMP)
+test: setup $(TANSU) $(MOTO_STAMP) $(GRPCIO_STAMP) $(PROMTOOL)
 	CACHE=$(CACHE) MIRADOR_TANSU=$(TANSU) MIRADOR_MOTO=$(MOTO) MIRADOR_PYTHON=$(VENV)/bin/python \
-	  cargo test --workspace
+	  MIRADOR_PROMTOOL=$(PROMTOOL) cargo test --workspace
 
 fmt-check:
 	cargo fmt --all -- --check

@@ -51,6 +51,7 @@ impl LocalRegion {
                 members: BTreeMap::from([(1, address.clone())]),
                 control: ControlConfig::default(),
                 raft: RaftConfig::default(),
+                metrics_listen: None,
             },
             Arc::new(SpecConnectors::new(
                 registry::count_partitions,

@@ -231,6 +231,11 @@ impl Region {
     }
 
     pub fn add_executor(&mut self, id: &str, slots: u32) {
+        self.add_executor_with(id, slots, &[]);
+    }
+
+    /// As [`Region::add_executor`], with more flags (`--metrics-listen`...).
+    pub fn add_executor_with(&mut self, id: &str, slots: u32, extra: &[&str]) {
         let mut args = vec![
             "executor".to_string(),
             "--id".into(),
@@ -243,6 +248,7 @@ impl Region {
         if let Some(name) = &self.name {
             args.extend(["--region".to_string(), name.clone()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let node = Node::start(&self.binary, id, args, self.dir.path());
         self.executors.push(node);
     }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod control;
 pub mod executors;
+pub mod metrics;
 pub mod node;
 pub mod planner;
 pub mod raft;

@@ -121,6 +121,10 @@ pub struct CoordinatorArgs {
     /// The region this group runs; default: local.
     #[arg(long)]
     region: Option<String>,
+    /// host:port where Prometheus scrapes this node's metrics (`GET /metrics`); loopback
+    /// is safest. Default: not served.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -144,6 +148,7 @@ struct CoordinatorFile {
     peer: Option<PeerFile>,
     /// When the other region is taken over without being asked.
     failover: Option<FailoverFile>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -229,6 +234,7 @@ pub fn coordinator_config(args: CoordinatorArgs) -> anyhow::Result<CoordinatorCo
         members,
         control,
         raft,
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 

@@ -40,6 +40,8 @@ pub struct CoordinatorConfig {
     /// The other region, when there is one.
     pub peer: Option<PeerFile>,
     pub failover: FailoverFile,
+    /// Where Prometheus scrapes this node's metrics; none: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The services a coordinator offers, over its Raft member, sharing what the leader
@@ -161,6 +163,22 @@ impl Coordinator {
             endpoints.observations.clone(),
             config.control.clone(),
         ));
+        if let Some(listen) = config.metrics_listen {
+            let (raft, observations, snapshots) = (
+                raft.clone(),
+                endpoints.observations.clone(),
+                snapshots.clone(),
+            );
+            let lease = config.control.lease;
+            let render: mirador_proto::metrics::Render = Arc::new(move || {
+                let text = crate::metrics::render(&raft, &observations, &snapshots, lease);
+                Box::pin(async move { text })
+            });
+            let bound = mirador_proto::metrics::serve(listen, render)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics_listen: {listen}: {e}"))?;
+            tracing::info!(%bound, "metrics served");
+        }
         let snapshot_writer =
             tokio::spawn(crate::snapshot::writer(raft.clone(), snapshots.clone()));
         let region_loop = tokio::spawn(crate::region::region_loop(regions));

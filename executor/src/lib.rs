@@ -6,6 +6,7 @@ pub mod checkpoint_store;
 pub mod decode;
 pub mod enrich;
 pub mod infer;
+pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod run;

@@ -2,6 +2,7 @@
 //! the file): what `mirador executor` runs. The coordinator's counterpart is
 //! `mirador_coordinator::node`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,6 +32,10 @@ pub struct ExecutorArgs {
     /// host:port shown to operators.
     #[arg(long)]
     address: Option<String>,
+    /// host:port where Prometheus scrapes this node's metrics (`GET /metrics`); loopback
+    /// is safest. Default: not served.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -41,9 +46,16 @@ struct ExecutorFile {
     region: Option<String>,
     slots: Option<u32>,
     address: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
-pub fn executor_config(args: ExecutorArgs) -> anyhow::Result<AgentConfig> {
+/// An executor's settings: its agent's, and where its metrics are served.
+pub struct ExecutorConfig {
+    pub agent: AgentConfig,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub fn executor_config(args: ExecutorArgs) -> anyhow::Result<ExecutorConfig> {
     let file: ExecutorFile = mirador_proto::config::read_config_file(args.config.as_deref())
         .map_err(anyhow::Error::msg)?;
     let executor_id = args
@@ -68,7 +80,8 @@ pub fn executor_config(args: ExecutorArgs) -> anyhow::Result<AgentConfig> {
         (1..=10_000).contains(&slots),
         "slots: {slots} is invalid: between 1 and 10000"
     );
-    Ok(AgentConfig {
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    let agent = AgentConfig {
         address: args.address.or(file.address).unwrap_or_default(),
         region: args
             .region
@@ -78,16 +91,34 @@ pub fn executor_config(args: ExecutorArgs) -> anyhow::Result<AgentConfig> {
         gpu: crate::infer::gpu_available(),
         coordinators,
         executor_id,
+    };
+    Ok(ExecutorConfig {
+        agent,
+        metrics_listen,
     })
 }
 
 pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
-    let config = executor_config(args)?;
+    let ExecutorConfig {
+        agent: config,
+        metrics_listen,
+    } = executor_config(args)?;
     eprintln!(
         "mirador executor {} ({} slots, gpu {}), coordinators {:?}",
         config.executor_id, config.slots, config.gpu, config.coordinators
     );
     let agent = Arc::new(ExecutorAgent::new(config, InferencePool::default()));
+    if let Some(listen) = metrics_listen {
+        let scraped = agent.clone();
+        let render: mirador_proto::metrics::Render = Arc::new(move || {
+            let agent = scraped.clone();
+            Box::pin(async move { crate::metrics::render(&agent.metrics().await) })
+        });
+        let bound = mirador_proto::metrics::serve(listen, render)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics_listen: {listen}: {e}"))?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
     // On SIGINT or SIGTERM the agent stops its partitions at a checkpoint and releases them.
     agent.run(mirador_proto::shutdown::requested()).await;
     Ok(())

@@ -1,10 +1,12 @@
 //! Generated protobuf types shared by every Mirador crate, the transport that carries
 //! them (every channel and server), the client channel that follows a region's Raft
-//! leader, the one retry policy, the reader of node config files, directory locks, and locks that outlive a panic.
+//! leader, the one retry policy, the reader of node config files, directory locks, locks that outlive a panic, and the
+//! Prometheus endpoint of every node.
 
 pub mod config;
 pub mod leader;
 pub mod lock;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod sync;

@@ -103,6 +103,25 @@ impl LatencyRecorder {
         }
     }
 
+    /// The count of values at or under each bound (µs), cumulative; the count of all; and
+    /// their sum in µs (from the mean: the histogram keeps no exact sum).
+    pub fn cumulative(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, f64) {
+        let histogram = self.histogram.locked();
+        let counts = bounds_us
+            .iter()
+            .map(|bound| histogram.count_between(0, *bound))
+            .collect();
+        let count = histogram.len();
+        (counts, count, histogram.mean() * count as f64)
+    }
+
+    /// Adds what `other` recorded to this one.
+    pub fn absorb(&self, other: &LatencyRecorder) {
+        let other = other.histogram.locked().clone();
+        // Both have the same bounds: adding cannot fail.
+        let _ = self.histogram.locked().add(&other);
+    }
+
     /// (p50, p99, max) in microseconds, and the count.
     pub fn percentiles(&self) -> (u64, u64, u64, u64) {
         let histogram = self.histogram.locked();

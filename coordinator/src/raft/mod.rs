@@ -91,6 +91,8 @@ pub struct NodeMetrics {
     pub leader: Option<NodeId>,
     /// Index of the last entry applied to this node's state.
     pub last_applied: Option<u64>,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
     pub voters: BTreeSet<NodeId>,
     /// Voters and learners, with their gRPC address.
     pub members: BTreeMap<NodeId, String>,
@@ -252,6 +254,7 @@ impl RaftNode {
             term: m.current_term,
             leader: m.current_leader,
             last_applied: m.last_applied.map(|id| id.index),
+            last_log_index: m.last_log_index,
             voters: membership.voter_ids().collect(),
             members: membership
                 .nodes()

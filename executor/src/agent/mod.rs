@@ -95,10 +95,34 @@ pub struct ExecutorAgent {
     /// The last snapshots of the partitions that ran to their end here and were released,
     /// at most [`FINISHED_KEPT`] of them.
     finished: Mutex<BTreeMap<Key, mirador_actors::PipelineSnapshot>>,
+    /// What the pipelines whose resources were dropped here had counted, so that their
+    /// counters never go back.
+    retired: Mutex<HashMap<String, Retired>>,
     /// The epoch each partition was last released under here. A release always moves the
     /// partition to a new epoch, so that epoch is never started again here, even when a
     /// set sent before the release was committed still holds it.
     given_back: Mutex<HashMap<Key, u64>>,
+}
+
+/// The shared counters of a pipeline's resources once dropped.
+#[derive(Default)]
+struct Retired {
+    reasons: BTreeMap<mirador_actors::ReasonCode, u64>,
+    cache_hits: u64,
+    cache_misses: u64,
+    latency: crate::sinks::LatencyRecorder,
+}
+
+impl Retired {
+    fn absorb(&mut self, resources: &PipelineResources) {
+        for (reason, count) in resources.reasons.snapshot() {
+            *self.reasons.entry(reason).or_default() += count;
+        }
+        let (hits, misses) = resources.cache.counts();
+        self.cache_hits += hits;
+        self.cache_misses += misses;
+        self.latency.absorb(&resources.latency);
+    }
 }
 
 /// Snapshots of finished partitions kept for [`ExecutorAgent::snapshots`].
@@ -127,6 +151,7 @@ impl ExecutorAgent {
             running: Arc::default(),
             resources: Mutex::default(),
             finished: Mutex::default(),
+            retired: Mutex::default(),
             given_back: Mutex::default(),
         }
     }
@@ -586,7 +611,102 @@ impl ExecutorAgent {
             .values()
             .map(|p| (p.id.pipeline.clone(), p.version))
             .collect();
-        self.resources.locked().retain(|key, _| used.contains(key));
+        let mut retired = self.retired.locked();
+        self.resources.locked().retain(|key, resources| {
+            let keep = used.contains(key);
+            if !keep {
+                retired.entry(key.0.clone()).or_default().absorb(resources);
+            }
+            keep
+        });
+    }
+
+    /// What Prometheus is shown of this executor now (see [`crate::metrics`]).
+    pub async fn metrics(&self) -> crate::metrics::MetricsView {
+        use crate::metrics::{latency_bounds_us, ModelMetrics, PartitionMetrics, PipelineCounters};
+        let mut partitions: Vec<PartitionMetrics> = {
+            let running = self.running.lock().await;
+            let finished = self.finished.locked();
+            running
+                .values()
+                .map(AssignedPartition::metrics)
+                .chain(
+                    finished
+                        .iter()
+                        .filter(|(key, _)| !running.contains_key(*key))
+                        .map(|(_, snapshot)| PartitionMetrics {
+                            checkpoint: snapshot.committed.map(|p| p.offset),
+                            committed: snapshot.committed.map(|p| p.offset),
+                            snapshot: snapshot.clone(),
+                            running: false,
+                            lag: Some(0),
+                        }),
+                )
+                .collect()
+        };
+        partitions.sort_by(|a, b| {
+            (&a.snapshot.name, a.snapshot.partition).cmp(&(&b.snapshot.name, b.snapshot.partition))
+        });
+        let bounds = latency_bounds_us();
+        let mut pipelines: BTreeMap<String, PipelineCounters> = BTreeMap::new();
+        let mut add = |name: &str,
+                       reasons: BTreeMap<mirador_actors::ReasonCode, u64>,
+                       (hits, misses): (u64, u64),
+                       bytes: u64,
+                       latency: &crate::sinks::LatencyRecorder| {
+            let counters = pipelines.entry(name.to_string()).or_default();
+            for (reason, count) in reasons {
+                *counters.reasons.entry(reason).or_default() += count;
+            }
+            counters.cache_hits += hits;
+            counters.cache_misses += misses;
+            counters.cache_bytes += bytes;
+            let (buckets, count, sum_us) = latency.cumulative(&bounds);
+            if counters.latency_buckets.is_empty() {
+                counters.latency_buckets = vec![0; bounds.len()];
+            }
+            for (total, n) in counters.latency_buckets.iter_mut().zip(buckets) {
+                *total += n;
+            }
+            counters.latency_count += count;
+            counters.latency_sum_secs += sum_us / 1e6;
+        };
+        for ((name, _), resources) in self.resources.locked().iter() {
+            add(
+                name,
+                resources.reasons.snapshot(),
+                resources.cache.counts(),
+                resources.cache.weighted_size(),
+                &resources.latency,
+            );
+        }
+        for (name, retired) in self.retired.locked().iter() {
+            add(
+                name,
+                retired.reasons.clone(),
+                (retired.cache_hits, retired.cache_misses),
+                0,
+                &retired.latency,
+            );
+        }
+        crate::metrics::MetricsView {
+            executor: self.config.executor_id.clone(),
+            region: self.config.region.clone(),
+            slots: self.config.slots,
+            partitions,
+            pipelines,
+            models: self
+                .pool
+                .models()
+                .into_iter()
+                .map(|(name, version, device, stats)| ModelMetrics {
+                    name,
+                    version,
+                    device,
+                    stats,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -135,6 +135,18 @@ impl AssignedPartition {
         self.handle.snapshot()
     }
 
+    /// What the metrics show of this partition.
+    pub fn metrics(&self) -> crate::metrics::PartitionMetrics {
+        let latest = *self.latest.borrow();
+        crate::metrics::PartitionMetrics {
+            snapshot: self.handle.snapshot(),
+            running: true,
+            checkpoint: latest,
+            committed: latest.map(|_| self.committed.load(Ordering::Relaxed)),
+            lag: self.source_end.lag(latest),
+        }
+    }
+
     /// What the heartbeat reports of this partition; the rate is the caller's, who keeps
     /// the window it is measured over.
     pub fn progress(&self) -> PartitionProgress {

@@ -282,7 +282,8 @@ type BatcherKey = (PathBuf, String, String, usize, u64, usize);
 /// shared by every partition of every pipeline.
 #[derive(Default)]
 pub struct InferencePool {
-    batchers: Mutex<HashMap<BatcherKey, Arc<InferenceBatcher>>>,
+    /// By key, with the model's name.
+    batchers: Mutex<HashMap<BatcherKey, (String, Arc<InferenceBatcher>)>>,
 }
 
 impl InferencePool {
@@ -300,7 +301,7 @@ impl InferencePool {
             spec.max_wait_ms,
             spec.threads,
         );
-        if let Some(batcher) = batchers.get(&key) {
+        if let Some((_, batcher)) = batchers.get(&key) {
             if batcher.input_width() != width {
                 return Err(ModelError(format!(
                     "model {} v{} is already running with {} features per row, not {width}",
@@ -322,7 +323,23 @@ impl InferencePool {
         )
         .map_err(|e| ModelError(format!("cannot start the inference thread: {e}")))?;
         let batcher = Arc::new(batcher);
-        batchers.insert(key, batcher.clone());
+        batchers.insert(key, (spec.name.clone(), batcher.clone()));
         Ok(batcher)
+    }
+
+    /// Each model's batcher as the metrics show it: (name, version, device, counters).
+    pub fn models(&self) -> Vec<(String, String, String, BatcherSnapshot)> {
+        self.batchers
+            .locked()
+            .iter()
+            .map(|((_, version, device, ..), (name, batcher))| {
+                (
+                    name.clone(),
+                    version.clone(),
+                    device.to_lowercase(),
+                    batcher.stats().snapshot(),
+                )
+            })
+            .collect()
     }
 }

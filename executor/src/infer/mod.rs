@@ -5,7 +5,7 @@ pub mod model;
 pub mod scoring;
 pub mod stage;
 
-pub use batcher::{BatcherClient, BatcherStats, InferenceBatcher, InferencePool};
+pub use batcher::{BatcherClient, BatcherSnapshot, BatcherStats, InferenceBatcher, InferencePool};
 pub use model::{gpu_available, ModelError, Scorer, Scores, TorchModel};
 pub use scoring::{Scoring, ScoringUnavailable};
 pub use stage::{InferStage, EVENT_FEATURES};

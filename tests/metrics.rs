@@ -1,0 +1,270 @@
+//! Prometheus metrics of a region of separate processes: an executor's counters agree
+//! exactly with what its sinks wrote, a coordinator shows its Raft member and the region,
+//! and `promtool check metrics` (Debian's prometheus package) accepts both pages.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{mirador, whole_lines};
+use mirador_cluster_tests::cluster::Region;
+use mirador_cluster_tests::services::free_port;
+use mirador_cluster_tests::spec::SpecYaml;
+
+/// One sample: its metric name, labels and value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The body of `GET /metrics` at `address`, or why not.
+fn scrape(address: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response: {response}"))?;
+    if !head.starts_with("HTTP/1.1 200") || !head.contains("text/plain; version=0.0.4") {
+        return Err(format!("unexpected response: {head}"));
+    }
+    Ok(body.to_string())
+}
+
+/// The samples of a page in Prometheus's text format (label values here hold no `,` or
+/// `"`).
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').expect("key=value");
+                    (key.to_string(), value.trim_matches('"').to_string())
+                })
+                .collect();
+            Sample {
+                name: name.to_string(),
+                labels,
+                value: value.parse().unwrap_or_else(|_| panic!("a number: {line}")),
+            }
+        })
+        .collect()
+}
+
+/// The sum of `name`'s samples whose labels include `with`.
+fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            with.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// promtool from `make test`'s setup (MIRADOR_PROMTOOL), or on the PATH.
+fn promtool() -> String {
+    std::env::var("MIRADOR_PROMTOOL").unwrap_or_else(|_| "promtool".to_string())
+}
+
+fn promtool_accepts(page: &str, what: &str) {
+    let mut child = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is missing ({e}): `make test` unpacks Debian's prometheus package \
+                 into the cache, or set MIRADOR_PROMTOOL"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics refused the {what}'s page: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_scraped_counters_agree_with_the_sink_and_the_dead_letter_and_promtool_accepts_them() {
+    const EVENTS: u64 = 3000;
+    let binary = mirador();
+    let coordinator_metrics = format!("127.0.0.1:{}", free_port());
+    let mut region = Region::start_configured(
+        Path::new(&binary),
+        1,
+        &format!("metrics_listen: {coordinator_metrics}\n"),
+    );
+    region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    let executor_metrics = format!("127.0.0.1:{}", free_port());
+    region.add_executor_with("e1", 4, &["--metrics-listen", &executor_metrics]);
+
+    // Two partitions of 3000 events, 5 % poison, scored into a file.
+    let dir = region.dir.path();
+    let (scored, dead) = (dir.join("scored.jsonl"), dir.join("dead.jsonl"));
+    let yaml = SpecYaml {
+        name: "counted",
+        source: &format!(
+            "  generator:\n    events: {EVENTS}\n    partitions: 2\n    customers: 1000\n    \
+             poison_ratio: 0.05"
+        ),
+        sink: &format!("  file:\n    path: {}", scored.display()),
+        dead_letter: &format!("  file:\n    path: {}", dead.display()),
+        rest: "checkpoint:\n  interval_ms: 100\n",
+        ..SpecYaml::default()
+    }
+    .yaml();
+    let spec = dir.join("counted.yaml");
+    std::fs::write(&spec, yaml).unwrap();
+    region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+    region.wait_for("both partitions finished", Duration::from_secs(90), || {
+        let info = region.admin(&["describe", "counted"]).ok()?;
+        let states: Vec<&str> = info["assignments"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["state"].as_str())
+            .collect();
+        (states == ["finished", "finished"]).then_some(())
+    });
+
+    let written = whole_lines(&scored).len() as f64;
+    let dead_letters = whole_lines(&dead);
+    let mut by_reason: BTreeMap<String, f64> = BTreeMap::new();
+    for line in &dead_letters {
+        *by_reason
+            .entry(line["reason"].as_str().expect("a reason").to_string())
+            .or_default() += 1.0;
+    }
+    assert!(written > 0.0 && !dead_letters.is_empty());
+
+    let page = scrape(&executor_metrics).unwrap();
+    let s = samples(&page);
+    let pipeline = ("pipeline", "counted");
+    assert_eq!(
+        sum(
+            &s,
+            "mirador_stage_records_out_total",
+            &[pipeline, ("stage", "source")]
+        ),
+        2.0 * EVENTS as f64,
+        "{page}"
+    );
+    assert_eq!(
+        sum(
+            &s,
+            "mirador_stage_records_in_total",
+            &[pipeline, ("stage", "sink")]
+        ),
+        written,
+        "the sink's count is the file's lines"
+    );
+    assert_eq!(
+        sum(
+            &s,
+            "mirador_stage_records_in_total",
+            &[pipeline, ("stage", "dead_letter")]
+        ),
+        dead_letters.len() as f64,
+        "the dead letter's count is its file's lines"
+    );
+    for (reason, count) in &by_reason {
+        assert_eq!(
+            sum(
+                &s,
+                "mirador_dead_letters_total",
+                &[pipeline, ("reason", reason)]
+            ),
+            *count,
+            "dead letters for {reason}"
+        );
+    }
+    assert_eq!(
+        sum(&s, "mirador_dead_letters_total", &[pipeline]),
+        dead_letters.len() as f64
+    );
+    assert_eq!(sum(&s, "mirador_partition_running", &[pipeline]), 0.0);
+    assert_eq!(
+        sum(&s, "mirador_partition_checkpoint_offset", &[pipeline]),
+        2.0 * EVENTS as f64
+    );
+    assert_eq!(
+        sum(&s, "mirador_executor_slots", &[("executor", "e1")]),
+        4.0
+    );
+    assert!(
+        sum(&s, "mirador_inference_rows_total", &[]) >= written,
+        "every scored record went through the model"
+    );
+    promtool_accepts(&page, "executor");
+
+    let page = scrape(&coordinator_metrics).unwrap();
+    let c = samples(&page);
+    assert_eq!(sum(&c, "mirador_raft_leader", &[]), 1.0, "{page}");
+    assert!(sum(&c, "mirador_raft_term", &[]) >= 1.0);
+    assert!(sum(&c, "mirador_raft_last_applied_index", &[]) >= 1.0);
+    assert_eq!(sum(&c, "mirador_region_executors", &[]), 1.0);
+    assert_eq!(sum(&c, "mirador_region_pipelines", &[]), 1.0);
+    assert_eq!(
+        sum(&c, "mirador_executor_lease_live", &[("executor", "e1")]),
+        1.0
+    );
+    promtool_accepts(&page, "coordinator");
+}
+
+#[test]
+fn a_metrics_listener_that_cannot_bind_is_an_error_naming_the_setting() {
+    let binary = mirador();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = std::process::Command::new(&binary)
+        .args([
+            "executor",
+            "--id",
+            "e1",
+            "--coordinators",
+            "127.0.0.1:1",
+            "--metrics-listen",
+            &address,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("metrics_listen"), "{stderr}");
+}
