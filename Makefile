@@ -78,10 +78,7 @@ $(GRPCIO_STAMP): $(TORCH_STAMP)
 	touch $@
 
 $(PROMTOOL):
-	mkdir -p $(PROMETHEUS_DIR)
-	cd $(PROMETHEUS_DIR) && { apt-get download prometheus 2>/dev/null || \
-	  { apt-get update -qq && apt-get download prometheus; }; } && \
-	  dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb
+	CACHE=$(CACHE) deploy/images.sh prometheus-package
 	test -x $@
 
 $(MOTO_STAMP): $(TORCH_STAMP)

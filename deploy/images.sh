@@ -7,6 +7,7 @@
 #   deploy/images.sh base              the base images only (root filesystems, libraries)
 #   deploy/images.sh [--profile P]     every image, Mirador's from target/P (release)
 #   deploy/images.sh sizes             the size of each image
+#   deploy/images.sh prometheus-package  Debian's prometheus unpacked into the cache
 #
 # Environment: CACHE (~/.cache/mirador), CARGO_TARGET_DIR, MIRADOR_TANSU, TAG (latest).
 set -euo pipefail
@@ -87,6 +88,17 @@ torch_libs() {
   gcc -shared -fPIC -o "$out/libtorch_cuda.so" "$out/stub.c" && rm "$out/stub.c"
 }
 
+# Debian's prometheus package (its server and promtool) unpacked into $CACHE/prometheus:
+# nothing installed, no service started. `make test` uses its promtool.
+prometheus_package() {
+  [ -x "$CACHE/prometheus/usr/bin/prometheus" ] && return
+  log "unpacking Debian's prometheus package into $CACHE/prometheus"
+  mkdir -p "$CACHE/prometheus"
+  (cd "$CACHE/prometheus" && { apt-get download prometheus 2>/dev/null ||
+    { apt-get update -qq && apt-get download prometheus; }; } >/dev/null &&
+    dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb)
+}
+
 base() {
   command -v debootstrap >/dev/null || {
     log "installing debootstrap"
@@ -110,6 +122,12 @@ base() {
     local ctx; ctx=$(context store)
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --target "$ctx/site" 'moto[server]==5.2.5'
     build mirador-store:$SUITE Dockerfile.store "$ctx"
+  fi
+  if ! have_image mirador-prometheus:$SUITE; then
+    prometheus_package
+    local prom=$CACHE/prometheus/usr/bin ctx; ctx=$(context prometheus)
+    cp "$prom/prometheus" "$prom/promtool" "$ctx/"
+    build mirador-prometheus:$SUITE Dockerfile.prometheus "$ctx"
   fi
   if ! have_image mirador-broker:$SUITE; then
     [ -x "$TANSU" ] || { log "missing: $TANSU (make tansu)"; exit 1; }
@@ -148,11 +166,12 @@ sizes() {
 case "${1:-all}" in
   base) base ;;
   sizes) sizes ;;
+  prometheus-package) prometheus_package ;;
   all|--profile)
     profile=release
     [ "${1:-}" = --profile ] && profile=${2:?--profile needs debug or release}
     base
     mirador "$profile"
     ;;
-  *) echo "usage: $0 [base|sizes|--profile debug|release]" >&2; exit 2 ;;
+  *) echo "usage: $0 [base|sizes|prometheus-package|--profile debug|release]" >&2; exit 2 ;;
 esac

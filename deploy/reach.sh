@@ -10,6 +10,7 @@ Mirador is up: regions a and b, 3 coordinators and 2 executors each.
   region a:  $MIRADOR admin --coordinators $A status
   region b:  $MIRADOR admin --coordinators $B status
   Kafka:     $NET.10.10:9092 (topics events, scored, dead-letter)
+  metrics:   http://$NET.10.60:9090 (Prometheus: every node, the alert rules)
   a pipeline of examples/:
     $MIRADOR admin --coordinators $A create examples/compose.yaml
     $MIRADOR generate --events 100000 --poison-ratio 0.01 --kafka-topic events --brokers $NET.10.10:9092

@@ -268,3 +268,48 @@ fn a_metrics_listener_that_cannot_bind_is_an_error_naming_the_setting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("metrics_listen"), "{stderr}");
 }
+
+#[test]
+fn the_deployments_prometheus_config_and_alert_rules_pass_promtool() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        vec![
+            "check",
+            "config",
+            "--syntax-only",
+            "deploy/prometheus/prometheus.yml",
+        ],
+        vec!["check", "rules", "deploy/prometheus/rules.yml"],
+    ] {
+        let output = std::process::Command::new(promtool())
+            .args(&args)
+            .current_dir(root)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool is missing ({e}): `make test` unpacks it"));
+        assert!(
+            output.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // Every metric an alert names is one a node serves (docs/cluster.md lists them).
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/rules.yml")).unwrap();
+    let served = [
+        std::fs::read_to_string(root.join("executor/src/metrics.rs")).unwrap(),
+        std::fs::read_to_string(root.join("coordinator/src/metrics.rs")).unwrap(),
+    ]
+    .concat();
+    let named: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("mirador_"))
+        .collect();
+    assert!(!named.is_empty());
+    for metric in named {
+        assert!(
+            served.contains(&format!("\"{metric}\"")),
+            "rules.yml names {metric}, which no node serves"
+        );
+    }
+}

@@ -20,7 +20,10 @@ pub fn render(
 ) -> String {
     let mut families = raft_member(raft);
     families.extend(region(raft, observations, lease));
-    families.extend(snapshot(snapshots));
+    if raft.is_leader() {
+        // The leader writes the snapshots; a former leader's last one only grows old.
+        families.extend(snapshot(snapshots));
+    }
     encode(families)
 }
 

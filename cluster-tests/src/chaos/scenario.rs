@@ -293,6 +293,10 @@ fn attempt(row: &Row, d: &Deployment, settings: &Settings, outcome: &mut Outcome
     let spec = settings.spec.to_string_lossy().into_owned();
     d.admin("a", &["create", &spec])?;
     d.wait("every partition running", 90, || assignments(d).is_some())?;
+    // Every node of both regions serves its metrics, and Prometheus scrapes them all.
+    d.wait("Prometheus scraping all 10 nodes", 60, || {
+        d.prometheus_targets() == Ok((10, 10))
+    })?;
 
     let samples = Arc::new(Mutex::new(Vec::new()));
     let memory = Arc::new(Mutex::new(0.0f64));
