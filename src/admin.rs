@@ -755,6 +755,7 @@ fn pipeline_json(p: &PipelineInfo) -> Value {
             "events_per_sec": a.events_per_sec, "records_in": a.records_in,
             "dead_lettered": a.dead_lettered, "restarts": a.restarts, "failed": a.failed,
             "last_move_pause_ms": a.last_move_pause_ms, "state": a.state,
+            "freshness_ms": a.freshness_ms, "system_lag_ms": a.system_lag_ms,
         })).collect::<Vec<_>>(),
     })
 }
@@ -790,6 +791,7 @@ fn render_pipeline(p: &PipelineInfo) -> String {
             "CHECKPOINT",
             "EVENTS/S",
             "LAG",
+            "FRESHNESS",
             "IN",
             "DEAD",
             "RESTARTS",
@@ -811,6 +813,8 @@ fn render_pipeline(p: &PipelineInfo) -> String {
                     a.checkpoint.map_or("-".into(), |c| c.to_string()),
                     format!("{:.0}", a.events_per_sec),
                     a.lag.map_or("-".into(), |l| l.to_string()),
+                    a.freshness_ms
+                        .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
                     a.records_in.to_string(),
                     a.dead_lettered.to_string(),
                     a.restarts.to_string(),

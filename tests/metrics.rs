@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{mirador, whole_lines};
 use mirador_cluster_tests::cluster::Region;
-use mirador_cluster_tests::services::free_port;
+use mirador_cluster_tests::services::{free_port, BigtableEmulator};
 use mirador_cluster_tests::spec::SpecYaml;
 
 /// One sample: its metric name, labels and value.
@@ -312,4 +312,86 @@ fn the_deployments_prometheus_config_and_alert_rules_pass_promtool() {
             "rules.yml names {metric}, which no node serves"
         );
     }
+}
+
+/// Data freshness (s) of partition 0 of `pipeline`, from `describe` and from the
+/// executor's metrics.
+fn freshness(region: &Region, pipeline: &str, metrics: &str) -> Option<(f64, f64)> {
+    let info = region.admin(&["describe", pipeline]).ok()?;
+    let described = info["assignments"][0]["freshness_ms"].as_u64()? as f64 / 1000.0;
+    let page = scrape(metrics).ok()?;
+    let scraped = samples(&page)
+        .into_iter()
+        .find(|s| s.name == "mirador_partition_data_freshness_seconds")?
+        .value;
+    Some((described, scraped))
+}
+
+#[test]
+fn freshness_rises_while_bigtable_holds_every_lookup_and_falls_after() {
+    let bigtable = BigtableEmulator::start();
+    let binary = mirador();
+    let loaded = std::process::Command::new(&binary)
+        .args([
+            "bigtable-load",
+            "--endpoint",
+            &bigtable.endpoint(),
+            "--table",
+            "features",
+        ])
+        .arg("--csv")
+        .arg(mirador_cluster_tests::spec::demo_features())
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let mut region = Region::start(Path::new(&binary), 1);
+    region.wait_for("a leader", Duration::from_secs(20), || region.leader());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    region.add_executor_with("e1", 2, &["--metrics-listen", &metrics]);
+
+    // 200 events/s of a million customers: nearly every lookup misses the cache and
+    // reaches Bigtable.
+    let dead = region.dir.path().join("dead.jsonl");
+    let yaml = SpecYaml {
+        name: "fresh",
+        source: "  generator:\n    partitions: 1\n    customers: 1000000\n    rate_per_sec: 200",
+        lookup: &format!(
+            "  bigtable:\n    project: test-project\n    instance: test-instance\n    \
+             table: features\n    endpoint: {}\n    timeout_ms: 500",
+            bigtable.endpoint()
+        ),
+        enrichment: "  on_miss: default\n  defaults: {recency_days: 365, frequency_30d: 0, \
+                     monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, \
+                     churn_risk: 0.5}",
+        sink: "  \"null\": {}",
+        dead_letter: &format!("  file:\n    path: {}", dead.display()),
+        rest: "checkpoint:\n  interval_ms: 100\n",
+        ..SpecYaml::default()
+    }
+    .yaml();
+    let spec = region.dir.path().join("fresh.yaml");
+    std::fs::write(&spec, yaml).unwrap();
+    region.admin(&["create", spec.to_str().unwrap()]).unwrap();
+
+    let fresh = region.wait_for("fresh output", Duration::from_secs(30), || {
+        freshness(&region, "fresh", &metrics).filter(|(d, s)| *d < 3.0 && *s < 3.0)
+    });
+    bigtable.freeze(true);
+    let stale = region.wait_for(
+        "freshness rising while Bigtable holds the lookups",
+        Duration::from_secs(30),
+        || freshness(&region, "fresh", &metrics).filter(|(d, s)| *d > 6.0 && *s > 6.0),
+    );
+    bigtable.freeze(false);
+    let recovered = region.wait_for("fresh output again", Duration::from_secs(60), || {
+        freshness(&region, "fresh", &metrics).filter(|(d, s)| *d < 3.0 && *s < 3.0)
+    });
+    println!(
+        "freshness (describe, metrics) in s: before {fresh:?}, Bigtable held {stale:?}, after {recovered:?}"
+    );
+    drop(bigtable);
 }

@@ -26,6 +26,9 @@ struct TrackerInner {
     pending: VecDeque<PendingBatch>,
     committed: Option<Position>,
     in_flight_records: usize,
+    /// The newest event time among the records before `committed` (ms since the Unix
+    /// epoch): the partition's data is fresh up to it.
+    newest_committed_event_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,8 @@ struct PendingBatch {
     remaining: usize,
     end: Position,
     opened_at: Instant,
+    /// The newest event time acknowledged in this batch so far.
+    newest_event_ms: Option<i64>,
 }
 
 impl CheckpointTracker {
@@ -44,6 +49,7 @@ impl CheckpointTracker {
                 pending: VecDeque::new(),
                 committed,
                 in_flight_records: 0,
+                newest_committed_event_ms: None,
             }),
         }
     }
@@ -63,6 +69,7 @@ impl CheckpointTracker {
             remaining: count,
             end,
             opened_at: Instant::now(),
+            newest_event_ms: None,
         });
         inner.in_flight_records += count;
         if count == 0 {
@@ -74,20 +81,29 @@ impl CheckpointTracker {
     /// Acknowledges records by their batch sequence numbers. Consecutive equal numbers are
     /// counted together, so a sink passes its whole batch in one call.
     pub fn ack<I: IntoIterator<Item = u64>>(&self, acks: I) {
+        self.ack_events(acks.into_iter().map(|seq| (seq, None)));
+    }
+
+    /// As [`CheckpointTracker::ack`], with each record's event time where it has one (a
+    /// scored record; a dead letter has none): the data freshness follows the newest
+    /// event time of the committed records.
+    pub fn ack_events<I: IntoIterator<Item = (u64, Option<i64>)>>(&self, acks: I) {
         let mut inner = self.lock();
-        let mut run: Option<(u64, usize)> = None;
-        for seq in acks {
+        let mut run: Option<(u64, usize, Option<i64>)> = None;
+        for (seq, event_ms) in acks {
             match run {
-                Some((current, n)) if current == seq => run = Some((current, n + 1)),
-                Some((current, n)) => {
-                    inner.ack_run(current, n);
-                    run = Some((seq, 1));
+                Some((current, n, newest)) if current == seq => {
+                    run = Some((current, n + 1, newest.max(event_ms)));
                 }
-                None => run = Some((seq, 1)),
+                Some((current, n, newest)) => {
+                    inner.ack_run(current, n, newest);
+                    run = Some((seq, 1, event_ms));
+                }
+                None => run = Some((seq, 1, event_ms)),
             }
         }
-        if let Some((seq, n)) = run {
-            inner.ack_run(seq, n);
+        if let Some((seq, n, newest)) = run {
+            inner.ack_run(seq, n, newest);
         }
         inner.advance();
     }
@@ -102,7 +118,13 @@ impl CheckpointTracker {
         self.lock().in_flight_records
     }
 
-    /// Age of the oldest batch not yet fully acknowledged: the freshness of the partition.
+    /// The newest event time among the committed records, ms since the Unix epoch:
+    /// the partition's data freshness is the time since.
+    pub fn newest_committed_event_ms(&self) -> Option<i64> {
+        self.lock().newest_committed_event_ms
+    }
+
+    /// Age of the oldest batch not yet fully acknowledged: the partition's system lag.
     pub fn oldest_pending_age(&self) -> Duration {
         self.lock()
             .pending
@@ -113,7 +135,7 @@ impl CheckpointTracker {
 }
 
 impl TrackerInner {
-    fn ack_run(&mut self, seq: u64, n: usize) {
+    fn ack_run(&mut self, seq: u64, n: usize, newest_event_ms: Option<i64>) {
         let Some(index) = seq.checked_sub(self.front_seq) else {
             // A batch already committed: an acknowledgement from a generation that was
             // replaced. Nothing to do.
@@ -123,6 +145,7 @@ impl TrackerInner {
             let n = n.min(batch.remaining);
             batch.remaining -= n;
             self.in_flight_records -= n;
+            batch.newest_event_ms = batch.newest_event_ms.max(newest_event_ms);
         }
     }
 
@@ -132,6 +155,8 @@ impl TrackerInner {
                 break;
             }
             self.committed = Some(front.end);
+            self.newest_committed_event_ms =
+                self.newest_committed_event_ms.max(front.newest_event_ms);
             self.pending.pop_front();
             self.front_seq += 1;
         }
@@ -169,6 +194,25 @@ mod tests {
         tracker.ack([a]);
         assert_eq!(tracker.committed(), Some(pos(20)));
         assert_eq!(tracker.in_flight(), 0);
+    }
+
+    #[test]
+    fn freshness_follows_the_newest_event_of_the_committed_records_only() {
+        let tracker = CheckpointTracker::new(None);
+        let a = tracker.open(2, pos(10));
+        let b = tracker.open(1, pos(20));
+        tracker.ack_events([(b, Some(9_000))]);
+        assert_eq!(tracker.newest_committed_event_ms(), None, "b waits for a");
+        tracker.ack_events([(a, Some(5_000)), (a, None)]);
+        assert_eq!(tracker.committed(), Some(pos(20)));
+        assert_eq!(tracker.newest_committed_event_ms(), Some(9_000));
+        let c = tracker.open(1, pos(30));
+        tracker.ack_events([(c, Some(7_000))]);
+        assert_eq!(
+            tracker.newest_committed_event_ms(),
+            Some(9_000),
+            "an older event later does not make the data older"
+        );
     }
 
     #[test]

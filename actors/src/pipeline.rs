@@ -86,7 +86,11 @@ pub struct PipelineSnapshot {
     pub generation_restarts: u64,
     pub committed: Option<Position>,
     pub in_flight: usize,
+    /// The system lag: how long the oldest batch in flight has waited.
     pub oldest_pending_ms: u64,
+    /// The newest event time among the committed records (ms since the Unix epoch);
+    /// the data freshness is the time since.
+    pub newest_event_ms: Option<i64>,
     pub stages: Vec<StageSnapshot>,
     #[serde(skip)]
     pub exit: ExitStatus,
@@ -182,6 +186,7 @@ impl PipelineHandle {
             committed: observable.tracker.committed(),
             in_flight: observable.tracker.in_flight(),
             oldest_pending_ms: observable.tracker.oldest_pending_age().as_millis() as u64,
+            newest_event_ms: observable.tracker.newest_committed_event_ms(),
             stages: observable
                 .stages
                 .iter()

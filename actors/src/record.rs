@@ -40,6 +40,12 @@ impl SourceRecord for Origin {
 /// Any record that can be traced back to its origin.
 pub trait Traced {
     fn origin(&self) -> &Origin;
+
+    /// When the event happened, ms since the Unix epoch, once decoded: what the data
+    /// freshness of its partition is measured from.
+    fn event_time_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl Traced for Origin {

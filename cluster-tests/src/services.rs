@@ -121,6 +121,17 @@ impl BigtableEmulator {
             let _ = child.wait();
         }
     }
+
+    /// SIGSTOP (`true`) or SIGCONT: an emulator that holds every call and keeps its data.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("the emulator runs");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {}", child.id());
+    }
 }
 
 impl Drop for BigtableEmulator {

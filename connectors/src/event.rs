@@ -271,4 +271,8 @@ impl Traced for ScoredRecord {
     fn origin(&self) -> &Origin {
         &self.origin
     }
+
+    fn event_time_ms(&self) -> Option<i64> {
+        Some(self.event.event_time)
+    }
 }

@@ -178,6 +178,11 @@ impl AdminEndpoint {
                         .and_then(|m| m.pause_ms)
                         .unwrap_or_default(),
                     state: partition_state(state, p, a),
+                    // Finished: nothing more arrives, its freshness is no longer news.
+                    freshness_ms: progress
+                        .freshness_ms
+                        .filter(|_| !a.is_some_and(|a| a.finished)),
+                    system_lag_ms: progress.system_lag_ms,
                 }
             })
             .collect();

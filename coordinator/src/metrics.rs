@@ -145,6 +145,14 @@ fn region(raft: &RaftNode, observations: &Observations, lease: std::time::Durati
         "mirador_partition_lag_records",
         "On the leader: records between a partition's checkpoint and the end of its source, as its owner reports.",
     );
+    let mut freshness = Family::gauge(
+        "mirador_partition_data_freshness_seconds",
+        "On the leader: time since the newest event time among a partition's committed records, as its owner reports.",
+    );
+    let mut system_lag = Family::gauge(
+        "mirador_partition_system_lag_seconds",
+        "On the leader: how long a partition's oldest record in flight has waited, as its owner reports.",
+    );
     let mut pause = Family::gauge(
         "mirador_partition_handover_pause_seconds",
         "On the leader: how long a partition's last move left it running nowhere.",
@@ -160,14 +168,20 @@ fn region(raft: &RaftNode, observations: &Observations, lease: std::time::Durati
             .owner
             .as_ref()
             .and_then(|_| observations.progress(key));
-        if let Some(records) = progress.and_then(|p| p.lag) {
-            lag.add(&labels, records as f64);
+        if let Some(progress) = progress {
+            if let Some(records) = progress.lag {
+                lag.add(&labels, records as f64);
+            }
+            if let Some(ms) = progress.freshness_ms {
+                freshness.add(&labels, ms as f64 / 1000.0);
+            }
+            system_lag.add(&labels, progress.system_lag_ms as f64 / 1000.0);
         }
         if let Some(ms) = observations.move_pause(key).and_then(|p| p.pause_ms) {
             pause.add(&labels, ms as f64 / 1000.0);
         }
     }
-    families.extend([lag, pause]);
+    families.extend([lag, freshness, system_lag, pause]);
     families
 }
 

@@ -60,6 +60,13 @@ pub struct ModelMetrics {
     pub stats: BatcherSnapshot,
 }
 
+/// Data freshness: ms from the newest event time committed (ms since the Unix epoch) to
+/// now; none before the first.
+pub fn freshness_ms(newest_event_ms: Option<i64>) -> Option<u64> {
+    let now = chrono::Utc::now().timestamp_millis();
+    newest_event_ms.map(|event| now.saturating_sub(event).max(0) as u64)
+}
+
 /// [`LATENCY_BOUNDS`] in microseconds, as the latency recorder counts.
 pub fn latency_bounds_us() -> Vec<u64> {
     LATENCY_BOUNDS.iter().map(|s| (s * 1e6) as u64).collect()
@@ -212,6 +219,10 @@ fn partitions(partitions: &[PartitionMetrics]) -> Vec<Family> {
         "mirador_partition_lag_records",
         "Records between the partition's checkpoint and the end of its source.",
     );
+    let mut freshness = Family::gauge(
+        "mirador_partition_data_freshness_seconds",
+        "Time since the newest event time among a running partition's committed records: how far behind real time its output is.",
+    );
     for p in partitions {
         let number = p.snapshot.partition.to_string();
         let labels = [
@@ -231,6 +242,9 @@ fn partitions(partitions: &[PartitionMetrics]) -> Vec<Family> {
         if let Some(records) = p.lag {
             lag.add(&labels, records as f64);
         }
+        if let (true, Some(ms)) = (p.running, freshness_ms(p.snapshot.newest_event_ms)) {
+            freshness.add(&labels, ms as f64 / 1000.0);
+        }
     }
     vec![
         running,
@@ -240,6 +254,7 @@ fn partitions(partitions: &[PartitionMetrics]) -> Vec<Family> {
         in_flight,
         system_lag,
         lag,
+        freshness,
     ]
 }
 

@@ -234,7 +234,8 @@ impl<T: Traced + Send + Sync + 'static> Stage for SinkStage<T> {
                 .map(|(_, record)| record)
         };
         self.observer.observe(&mut delivered());
-        self.tracker.ack(delivered().map(|r| r.origin().ack));
+        self.tracker
+            .ack_events(delivered().map(|r| (r.origin().ack, r.event_time_ms())));
         for (index, message) in refused {
             let Some(record) = batch.get(index) else {
                 continue;

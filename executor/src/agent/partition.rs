@@ -167,6 +167,8 @@ impl AssignedPartition {
             generation_restarts: snapshot.generation_restarts as u32,
             failed: matches!(snapshot.exit, ExitStatus::Failed(_)),
             start_pause_ms: self.start_pause.as_millis() as u64,
+            freshness_ms: crate::metrics::freshness_ms(snapshot.newest_event_ms),
+            system_lag_ms: snapshot.oldest_pending_ms,
         }
     }
 
