@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::mirador;
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::services::{free_port, KafkaBroker};
-use mirador_cluster_tests::spec::SpecYaml;
+use mirador_cluster_tests::spec::{SpecYaml, DEFAULTS_ON_MISS};
 use mirador_executor::connectors::generator::EventFactory;
 use mirador_executor::spec::{GeneratorSpec, PayloadFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -140,9 +140,7 @@ fn spec_yaml(region: &Region, name: &str, source: &str, lookup: &str) -> String 
         name,
         source,
         lookup,
-        enrichment: "  on_miss: default\n  defaults: {recency_days: 365, frequency_30d: 0, \
-                     monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, \
-                     churn_risk: 0.5}",
+        enrichment: DEFAULTS_ON_MISS,
         sink: "  \"null\": {}",
         dead_letter: &format!("  file:\n    path: {}", dead.display()),
         rest: "checkpoint:\n  interval_ms: 100\n",

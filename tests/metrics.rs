@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{mirador, whole_lines};
 use mirador_cluster_tests::cluster::Region;
 use mirador_cluster_tests::services::{free_port, BigtableEmulator};
-use mirador_cluster_tests::spec::SpecYaml;
+use mirador_cluster_tests::spec::{SpecYaml, DEFAULTS_ON_MISS};
 
 /// One sample: its metric name, labels and value.
 #[derive(Debug)]
@@ -364,9 +364,7 @@ fn freshness_rises_while_bigtable_holds_every_lookup_and_falls_after() {
              table: features\n    endpoint: {}\n    timeout_ms: 500",
             bigtable.endpoint()
         ),
-        enrichment: "  on_miss: default\n  defaults: {recency_days: 365, frequency_30d: 0, \
-                     monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, loyalty_tier: 0, \
-                     churn_risk: 0.5}",
+        enrichment: DEFAULTS_ON_MISS,
         sink: "  \"null\": {}",
         dead_letter: &format!("  file:\n    path: {}", dead.display()),
         rest: "checkpoint:\n  interval_ms: 100\n",

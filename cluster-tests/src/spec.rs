@@ -26,6 +26,11 @@ pub const DEMO_FEATURES: [&str; 7] = [
     "churn_risk",
 ];
 
+/// `enrichment:` after its features: a miss scores with defaults for every demo feature.
+pub const DEFAULTS_ON_MISS: &str = "  on_miss: default\n  defaults: {recency_days: 365, \
+     frequency_30d: 0, monetary_90d: 0, engagement_score: 0.1, email_opt_in: 0, \
+     loyalty_tier: 0, churn_risk: 0.5}";
+
 /// A spec as YAML. Each block is YAML indented by two spaces, as under its section;
 /// `lookup` defaults to the bundled feature table, `rest` holds whole top-level sections
 /// (`batching:`, `checkpoint:`).
