@@ -296,22 +296,107 @@ fn the_deployments_prometheus_config_and_alert_rules_pass_promtool() {
     }
     // Every metric an alert names is one a node serves (docs/cluster.md lists them).
     let rules = std::fs::read_to_string(root.join("deploy/prometheus/rules.yml")).unwrap();
+    assert_served(&rules, "rules.yml");
+}
+
+/// Fails naming any `mirador_` metric in `text` that no node serves (a histogram's
+/// `_bucket`, `_sum` and `_count` are its own).
+fn assert_served(text: &str, what: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let served = [
         std::fs::read_to_string(root.join("executor/src/metrics.rs")).unwrap(),
         std::fs::read_to_string(root.join("coordinator/src/metrics.rs")).unwrap(),
     ]
     .concat();
-    let named: std::collections::BTreeSet<&str> = rules
+    let named: std::collections::BTreeSet<&str> = text
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| word.starts_with("mirador_"))
         .collect();
-    assert!(!named.is_empty());
+    assert!(!named.is_empty(), "{what} names no metric");
     for metric in named {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| metric.strip_suffix(suffix))
+            .filter(|base| served.contains(&format!("\"{base}\"")))
+            .unwrap_or(metric);
         assert!(
-            served.contains(&format!("\"{metric}\"")),
-            "rules.yml names {metric}, which no node serves"
+            served.contains(&format!("\"{family}\"")),
+            "{what} names {metric}, which no node serves"
         );
     }
+}
+
+#[test]
+fn the_grafana_dashboard_follows_grafanas_model_and_queries_only_served_metrics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/grafana/mirador.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Grafana's dashboard model (schemaVersion 39, Grafana 10 and 11): what an import needs.
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dashboard["uid"]
+        .as_str()
+        .is_some_and(|u| !u.is_empty() && u.len() <= 40));
+    assert_eq!(dashboard["schemaVersion"].as_u64(), Some(39));
+    assert_eq!(dashboard["__inputs"][0]["pluginId"], "prometheus");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut cells = std::collections::BTreeSet::new();
+    let mut exprs = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("an id")),
+            "{title}: id taken"
+        );
+        assert!(
+            ["timeseries", "stat"].contains(&panel["type"].as_str().unwrap_or("")),
+            "{title}: a panel type of Grafana's own"
+        );
+        assert_eq!(panel["datasource"]["type"], "prometheus", "{title}");
+        let at = |key: &str| panel["gridPos"][key].as_u64().expect("gridPos x, y, w, h");
+        let (x, y, w, h) = (at("x"), at("y"), at("w"), at("h"));
+        assert!(
+            w >= 1 && h >= 1 && x + w <= 24,
+            "{title}: within the 24 columns"
+        );
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            assert!(cells.insert(cell), "{title} overlaps another panel");
+        }
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            assert!(target["refId"].as_str().is_some(), "{title}: refId");
+            exprs.push(target["expr"].as_str().expect("an expr").to_string());
+        }
+    }
+    assert_served(&exprs.join("\n"), "the dashboard");
+    // Each query is valid PromQL: promtool parses them as recording rules.
+    let rules = format!(
+        "groups:\n  - name: dashboard\n    rules:\n{}",
+        exprs
+            .iter()
+            .enumerate()
+            .map(|(i, expr)| format!(
+                "      - record: dashboard:panel_{i}\n        expr: {}\n",
+                serde_json::to_string(expr).unwrap()
+            ))
+            .collect::<String>()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let output = std::process::Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is missing ({e}): `make test` unpacks it"));
+    assert!(
+        output.status.success(),
+        "a dashboard query is not PromQL: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Data freshness (s) of partition 0 of `pipeline`, from `describe` and from the
