@@ -748,7 +748,8 @@ fn pipeline_json(p: &PipelineInfo) -> Value {
     json!({
         "name": p.name, "version": p.version, "partitions": p.partitions,
         "gpu": p.gpu, "paused": p.paused, "region": p.region, "region_epoch": p.region_epoch,
-        "failover": p.failover,
+        "failover": p.failover, "slo_freshness_p90_secs": p.slo_freshness_p90_secs,
+        "slo_met": p.slo_met, "slo_budget_left": p.slo_budget_left,
         "assignments": p.assignments.iter().map(|a| json!({
             "partition": a.partition, "owner": a.owner, "epoch": a.epoch,
             "moving_to": a.moving_to, "checkpoint": a.checkpoint, "lag": a.lag,
@@ -756,6 +757,7 @@ fn pipeline_json(p: &PipelineInfo) -> Value {
             "dead_lettered": a.dead_lettered, "restarts": a.restarts, "failed": a.failed,
             "last_move_pause_ms": a.last_move_pause_ms, "state": a.state,
             "freshness_ms": a.freshness_ms, "system_lag_ms": a.system_lag_ms,
+            "slo_met": a.slo_met,
         })).collect::<Vec<_>>(),
     })
 }
@@ -767,8 +769,17 @@ fn render_pipeline(p: &PipelineInfo) -> String {
     } else {
         format!(", lag {}", lags.iter().sum::<u64>())
     };
+    let slo = match (p.slo_freshness_p90_secs, p.slo_met, p.slo_budget_left) {
+        (Some(target), Some(met), Some(left)) => format!(
+            ", freshness SLO {target} s p90: {:.1} % met, {:.0} % of the budget left",
+            100.0 * met,
+            100.0 * left
+        ),
+        (Some(target), ..) => format!(", freshness SLO {target} s p90: not measured yet"),
+        _ => String::new(),
+    };
     let mut out = format!(
-        "pipeline {} v{}: {} partitions{}{}{lag}, region {} (epoch {}{})\n",
+        "pipeline {} v{}: {} partitions{}{}{lag}{slo}, region {} (epoch {}{})\n",
         p.name,
         p.version,
         p.partitions,

@@ -452,7 +452,7 @@ fn freshness_rises_while_bigtable_holds_every_lookup_and_falls_after() {
         enrichment: DEFAULTS_ON_MISS,
         sink: "  \"null\": {}",
         dead_letter: &format!("  file:\n    path: {}", dead.display()),
-        rest: "checkpoint:\n  interval_ms: 100\n",
+        rest: "checkpoint:\n  interval_ms: 100\nslo:\n  freshness_p90_secs: 3\n",
         ..SpecYaml::default()
     }
     .yaml();
@@ -475,6 +475,25 @@ fn freshness_rises_while_bigtable_holds_every_lookup_and_falls_after() {
     });
     println!(
         "freshness (describe, metrics) in s: before {fresh:?}, Bigtable held {stale:?}, after {recovered:?}"
+    );
+
+    // The seconds over the 3 s target count against the SLO's budget.
+    let info = region.admin(&["describe", "fresh"]).unwrap();
+    assert_eq!(info["slo_freshness_p90_secs"], 3, "{info}");
+    let met = info["slo_met"].as_f64().expect("the SLO measured");
+    let left = info["slo_budget_left"].as_f64().expect("a budget");
+    assert!(met > 0.0 && met < 1.0, "{info}");
+    assert!(left < 1.0, "some of the budget is spent: {info}");
+    let page = scrape(&metrics).unwrap();
+    let s = samples(&page);
+    let measured = sum(&s, "mirador_slo_freshness_measured_seconds_total", &[]);
+    let good = sum(&s, "mirador_slo_freshness_good_seconds_total", &[]);
+    assert!(good > 0.0 && good < measured, "good {good} of {measured} s");
+    assert_eq!(sum(&s, "mirador_slo_freshness_target_seconds", &[]), 3.0);
+    println!(
+        "SLO: {:.1} % met, {:.0} % of the budget left",
+        100.0 * met,
+        100.0 * left
     );
     drop(bigtable);
 }

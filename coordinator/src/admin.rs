@@ -183,9 +183,20 @@ impl AdminEndpoint {
                         .freshness_ms
                         .filter(|_| !a.is_some_and(|a| a.finished)),
                     system_lag_ms: progress.system_lag_ms,
+                    slo_met: (progress.slo_measured_ms > 0)
+                        .then(|| progress.slo_good_ms as f64 / progress.slo_measured_ms as f64),
                 }
             })
             .collect();
+        let slo = mirador_spec::PipelineSpec::from_yaml(&p.spec)
+            .ok()
+            .and_then(|spec| spec.slo);
+        let (measured, good) = (0..p.partitions)
+            .filter_map(|partition| self.observations.progress(&(name.to_string(), partition)))
+            .fold((0u64, 0u64), |(m, g), progress| {
+                (m + progress.slo_measured_ms, g + progress.slo_good_ms)
+            });
+        let met = (slo.is_some() && measured > 0).then(|| good as f64 / measured as f64);
         Ok(PipelineInfo {
             name: p.name.clone(),
             version: p.version,
@@ -200,6 +211,11 @@ impl AdminEndpoint {
                 .unwrap_or_else(|| self.regions.names().0.to_string()),
             region_epoch: p.region_epoch,
             failover: p.failover.as_str().to_string(),
+            slo_freshness_p90_secs: slo.map(|slo| slo.freshness_p90_secs),
+            slo_met: met,
+            // The budget is the time the objective leaves out of the target.
+            slo_budget_left: met
+                .map(|met| 1.0 - (1.0 - met) / (1.0 - mirador_spec::SloSpec::OBJECTIVE)),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct PartitionMetrics {
     pub checkpoint: Option<u64>,
     pub committed: Option<u64>,
     pub lag: Option<u64>,
+    /// Under a spec's `slo:`: (target, measured, within the target), in ms.
+    pub slo: Option<(u64, u64, u64)>,
 }
 
 /// The counters the partitions of one pipeline share here, from its start on this
@@ -223,6 +225,18 @@ fn partitions(partitions: &[PartitionMetrics]) -> Vec<Family> {
         "mirador_partition_data_freshness_seconds",
         "Time since the newest event time among a running partition's committed records: how far behind real time its output is.",
     );
+    let mut slo_target = Family::gauge(
+        "mirador_slo_freshness_target_seconds",
+        "The spec's freshness target: at most this, 90 % of the time.",
+    );
+    let mut slo_measured = Family::counter(
+        "mirador_slo_freshness_measured_seconds_total",
+        "Time a partition's freshness was measured against its target here.",
+    );
+    let mut slo_good = Family::counter(
+        "mirador_slo_freshness_good_seconds_total",
+        "Time a partition's freshness was within its target here.",
+    );
     for p in partitions {
         let number = p.snapshot.partition.to_string();
         let labels = [
@@ -245,6 +259,11 @@ fn partitions(partitions: &[PartitionMetrics]) -> Vec<Family> {
         if let (true, Some(ms)) = (p.running, freshness_ms(p.snapshot.newest_event_ms)) {
             freshness.add(&labels, ms as f64 / 1000.0);
         }
+        if let Some((target, measured, good)) = p.slo {
+            slo_target.add(&labels, target as f64 / 1000.0);
+            slo_measured.add(&labels, measured as f64 / 1000.0);
+            slo_good.add(&labels, good as f64 / 1000.0);
+        }
     }
     vec![
         running,
@@ -255,6 +274,9 @@ fn partitions(partitions: &[PartitionMetrics]) -> Vec<Family> {
         system_lag,
         lag,
         freshness,
+        slo_target,
+        slo_measured,
+        slo_good,
     ]
 }
 

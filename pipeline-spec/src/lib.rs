@@ -58,6 +58,27 @@ pub struct PipelineSpec {
     /// What the other region does when this pipeline's region falls silent.
     #[serde(default)]
     pub failover: FailoverMode,
+    /// The service level the pipeline promises; none: nothing is measured against one.
+    #[serde(default)]
+    pub slo: Option<SloSpec>,
+}
+
+/// `slo:` of a pipeline spec: the data freshness is at most `freshness_p90_secs` 90 % of
+/// the time, measured on each partition from its first committed record; the other 10 %
+/// is the error budget.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SloSpec {
+    pub freshness_p90_secs: u64,
+}
+
+impl SloSpec {
+    /// The share of the time the freshness must meet its target.
+    pub const OBJECTIVE: f64 = 0.9;
+
+    fn validate(&self) -> Result<(), FieldError> {
+        in_range("slo.freshness_p90_secs", self.freshness_p90_secs, 1, 86_400)
+    }
 }
 
 /// `failover:` of a pipeline spec.
@@ -556,7 +577,8 @@ impl PipelineSpec {
         self.dead_letter.validate("dead_letter")?;
         self.check_distinct_files()?;
         self.batching.validate()?;
-        self.checkpoint.validate()
+        self.checkpoint.validate()?;
+        self.slo.as_ref().map_or(Ok(()), SloSpec::validate)
     }
 
     /// The sink, the dead letter and a file source are three different files: a sink that
@@ -1004,6 +1026,11 @@ dead_letter:
                 SPEC.replace("events: 10", "poison_ratio: 1.5"),
                 "source.generator.poison_ratio",
                 "1.5",
+            ),
+            (
+                format!("{SPEC}slo:\n  freshness_p90_secs: 0\n"),
+                "slo.freshness_p90_secs",
+                "0",
             ),
             (
                 SPEC.replace("[a, b]", "[a, a]"),

@@ -640,6 +640,7 @@ impl ExecutorAgent {
                             snapshot: snapshot.clone(),
                             running: false,
                             lag: Some(0),
+                            slo: None,
                         }),
                 )
                 .collect()

@@ -57,6 +57,31 @@ pub struct AssignedPartition {
     pub start_pause: Duration,
     /// The extent of the source's input, for the lag.
     source_end: Arc<SourceEnd>,
+    /// The spec's freshness target, and the time measured against it.
+    slo: Option<(u64, std::sync::Mutex<SloClock>)>,
+}
+
+/// The time a partition's freshness was measured against its target, and the part of it
+/// within: sampled at each heartbeat, each sample counting the time since the last.
+pub struct SloClock {
+    last: Instant,
+    pub measured_ms: u64,
+    pub good_ms: u64,
+}
+
+impl SloClock {
+    fn sample(&mut self, target_ms: u64, freshness_ms: Option<u64>) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_millis() as u64;
+        self.last = now;
+        // Before the first commit there is nothing to measure.
+        if let Some(freshness) = freshness_ms {
+            self.measured_ms += elapsed;
+            if freshness <= target_ms {
+                self.good_ms += elapsed;
+            }
+        }
+    }
 }
 
 impl AssignedPartition {
@@ -109,6 +134,14 @@ impl AssignedPartition {
             committer,
             start_pause: received.elapsed(),
             source_end,
+            slo: resources.spec.slo.map(|slo| {
+                let clock = SloClock {
+                    last: Instant::now(),
+                    measured_ms: 0,
+                    good_ms: 0,
+                };
+                (slo.freshness_p90_secs * 1000, std::sync::Mutex::new(clock))
+            }),
         })
     }
 
@@ -144,6 +177,10 @@ impl AssignedPartition {
             checkpoint: latest,
             committed: latest.map(|_| self.committed.load(Ordering::Relaxed)),
             lag: self.source_end.lag(latest),
+            slo: self.slo.as_ref().map(|(target_ms, clock)| {
+                let clock = clock.locked();
+                (*target_ms, clock.measured_ms, clock.good_ms)
+            }),
         }
     }
 
@@ -151,6 +188,15 @@ impl AssignedPartition {
     /// the window it is measured over.
     pub fn progress(&self) -> PartitionProgress {
         let snapshot = self.handle.snapshot();
+        let freshness_ms = crate::metrics::freshness_ms(snapshot.newest_event_ms);
+        let (slo_measured_ms, slo_good_ms) = match &self.slo {
+            Some((target_ms, clock)) => {
+                let mut clock = clock.locked();
+                clock.sample(*target_ms, freshness_ms);
+                (clock.measured_ms, clock.good_ms)
+            }
+            None => (0, 0),
+        };
         let counts = Counts::of([&snapshot]);
         PartitionProgress {
             pipeline: self.id.pipeline.clone(),
@@ -167,8 +213,10 @@ impl AssignedPartition {
             generation_restarts: snapshot.generation_restarts as u32,
             failed: matches!(snapshot.exit, ExitStatus::Failed(_)),
             start_pause_ms: self.start_pause.as_millis() as u64,
-            freshness_ms: crate::metrics::freshness_ms(snapshot.newest_event_ms),
+            freshness_ms,
             system_lag_ms: snapshot.oldest_pending_ms,
+            slo_measured_ms,
+            slo_good_ms,
         }
     }
 
