@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mirador_executor::pipeline::{partition_count, Counts};
+use mirador_executor::progress::{bounded_total, Progress};
 use mirador_executor::watch::{watch, Rate};
 use mirador_executor::PipelineSpec;
 
@@ -25,6 +26,7 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
     // The end is looked for every 100 ms, so that the closing rate is close; progress is
     // printed every second. At Ctrl-C the region is shut down at once.
     let mut rate = Rate::every(Duration::from_secs(1));
+    let progress = Progress::start(bounded_total(&spec), "events");
     watch(
         Duration::from_millis(100),
         async || {
@@ -33,18 +35,26 @@ pub async fn run_dev(out: &Path, yaml: String) -> anyhow::Result<bool> {
                 return true;
             }
             if rate.due() {
-                let read = Counts::of(&snapshots).read;
+                let Counts {
+                    read,
+                    scored,
+                    dead_lettered,
+                } = Counts::of(&snapshots);
                 let rate = rate.update(read);
-                eprintln!(
-                    "  {:>6.1} s  {read:>10} events  {rate:>9.0} events/s",
-                    started.elapsed().as_secs_f64()
-                );
+                progress.show(read, || {
+                    format!(
+                        "  {:>6.1} s  {read:>10} events  {rate:>9.0} events/s  {scored} scored  \
+                         {dead_lettered} dead-lettered",
+                        started.elapsed().as_secs_f64()
+                    )
+                });
             }
             false
         },
         || None,
     )
     .await;
+    progress.finish();
     let snapshots = region.agent.snapshots().await;
     let elapsed = started.elapsed().as_secs_f64();
     let Counts {

@@ -393,7 +393,10 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         pubsub_endpoint,
         project,
     } = args;
-    let payloads = || demo::payloads(events, poison_ratio, customers, seed);
+    let payloads = || {
+        demo::payloads(events, poison_ratio, customers, seed)
+            .map(|p| mirador_executor::progress::counted(p, events, "events"))
+    };
     match (kafka_topic, brokers, pubsub_topic) {
         (Some(topic), Some(brokers), _) => {
             let delivered = produce(&brokers, &topic, payloads()?).await?;

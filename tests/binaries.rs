@@ -108,3 +108,47 @@ fn logs_are_one_json_object_a_line_with_log_format_json() {
     assert!(started["fields"]["pipeline"].is_string(), "{started}");
     assert!(started["timestamp"].is_string(), "{started}");
 }
+
+/// `mirador dev` of 20,000 events at 8,000 a second into `dir`, under a terminal
+/// (`script` from util-linux gives it one) or with standard error piped.
+fn dev_output(dir: &std::path::Path, terminal: bool) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let dev = format!(
+        "{} dev --events 20000 --rate 8000 --out {}",
+        env!("CARGO_BIN_EXE_mirador"),
+        dir.display()
+    );
+    let output = if terminal {
+        let typescript = dir.join("typescript");
+        let status = Command::new("script")
+            .args(["-qec", &dev])
+            .arg(&typescript)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("script (util-linux) runs");
+        assert!(status.success());
+        std::fs::read(&typescript).unwrap()
+    } else {
+        let output = Command::new("bash").args(["-c", &dev]).output().unwrap();
+        assert!(output.status.success());
+        output.stderr
+    };
+    String::from_utf8_lossy(&output).into_owned()
+}
+
+#[test]
+fn progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let bar = dev_output(&dir.path().join("tty"), true);
+    assert!(
+        bar.contains("20,000/20,000 events") && bar.contains("ETA"),
+        "a bar with the count, the total and the time left: {bar}"
+    );
+    let plain = dev_output(&dir.path().join("pipe"), false);
+    let lines: Vec<&str> = plain.lines().filter(|l| l.contains("events/s")).collect();
+    assert!(lines.len() >= 2, "a line a second: {plain}");
+    assert!(
+        !plain.contains("ETA") && !plain.contains('\r'),
+        "no bar drawn into a pipe: {plain}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod infer;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
+pub mod progress;
 pub mod run;
 pub mod watch;
 /// The connectors (sources, lookups, sinks), from their own crate (no libtorch).

@@ -231,11 +231,20 @@ impl PipelineRun {
     /// progress as asked, and reports.
     pub async fn wait(self, options: &RunOptions) -> RunReport {
         let mut rate = options.progress.map(Rate::every);
+        let progress = options.progress.map(|_| {
+            crate::progress::Progress::start(
+                crate::progress::bounded_total(&self.resources.spec),
+                "events",
+            )
+        });
         watch(
             Duration::from_millis(10),
             async || {
-                if let Some(rate) = rate.as_mut().filter(|rate| rate.due()) {
-                    eprintln!("{}", self.progress_line(rate));
+                if let (Some(rate), Some(progress)) =
+                    (rate.as_mut().filter(|rate| rate.due()), &progress)
+                {
+                    let read = Counts::of(&self.snapshots()).read;
+                    progress.show(read, || self.progress_line(rate));
                 }
                 self.is_finished()
             },
@@ -246,6 +255,9 @@ impl PipelineRun {
             },
         )
         .await;
+        if let Some(progress) = &progress {
+            progress.finish();
+        }
         let drained = self.is_finished();
         let elapsed = self.started.elapsed();
         let snapshots = self.snapshots();
