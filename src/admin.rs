@@ -83,6 +83,12 @@ pub enum AdminCommand {
     },
     /// Every pipeline.
     Pipelines,
+    /// A pipeline's dead letters, read from the dead-letter target of its spec (a file,
+    /// whose relative path resolves here, or a Kafka topic).
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// This region and the other: snapshots, their copies, and the other's newest.
     Regions,
     /// The region's snapshots in its object store.
@@ -266,6 +272,9 @@ pub async fn run(
         }
         AdminCommand::Describe { name } => {
             return pipeline_call(&channel, json, name, Verb::Describe).await
+        }
+        AdminCommand::DeadLetters { command } => {
+            return dead_letters(&channel, json, command).await
         }
         AdminCommand::Delete { name } => {
             call(&channel, |mut c| {
@@ -628,6 +637,130 @@ fn render_snapshot(s: &ShowSnapshotResponse) -> String {
         rows,
     ));
     out
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLettersCommand {
+    /// List them (the first `--limit`), by reason, stage and time if asked.
+    List {
+        /// The pipeline's name.
+        name: String,
+        /// Only this reason code (`invalid_json`, `features_not_found`...).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only those this stage sent (`decode`, `enrich`, `infer`, `sink`...).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only those dead-lettered at or after this time (RFC 3339, UTC:
+        /// 2026-12-08T03:00:00.000Z).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One dead letter with its original bytes, by its input's partition and offset.
+    Show {
+        /// The pipeline's name.
+        name: String,
+        #[arg(long)]
+        partition: u64,
+        #[arg(long)]
+        offset: u64,
+    },
+}
+
+async fn dead_letters(
+    channel: &LeaderChannel,
+    json: bool,
+    command: DeadLettersCommand,
+) -> anyhow::Result<()> {
+    let name = match &command {
+        DeadLettersCommand::List { name, .. } | DeadLettersCommand::Show { name, .. } => {
+            name.clone()
+        }
+    };
+    let info = call(channel, |mut c| {
+        let request = PipelineRequest { name: name.clone() };
+        async move { c.describe_pipeline(request).await }
+    })
+    .await?;
+    let spec = info.spec.clone();
+    let entries = tokio::task::spawn_blocking(move || crate::dead_letters::read(&spec)).await??;
+    match command {
+        DeadLettersCommand::List {
+            reason,
+            stage,
+            since,
+            limit,
+            ..
+        } => {
+            let filter = crate::dead_letters::Filter {
+                reason,
+                stage,
+                since,
+            };
+            let kept: Vec<_> = entries.iter().filter(|e| filter.keeps(e)).collect();
+            let shown = &kept[..kept.len().min(limit)];
+            let value = json!({
+                "pipeline": name, "matching": kept.len(), "total": entries.len(),
+                "dead_letters": shown.iter().map(|e| e.json(false)).collect::<Vec<_>>(),
+            });
+            print(json, value, || {
+                let mut out = format!(
+                    "{}: {} of {} dead letters match{}\n",
+                    name,
+                    kept.len(),
+                    entries.len(),
+                    if shown.len() < kept.len() {
+                        format!(", the first {} shown", shown.len())
+                    } else {
+                        String::new()
+                    }
+                );
+                out += &table(
+                    &["PARTITION", "OFFSET", "STAGE", "REASON", "AT", "MESSAGE"],
+                    shown
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.partition.to_string(),
+                                e.offset.to_string(),
+                                e.stage.clone(),
+                                e.reason.clone(),
+                                e.at.clone().unwrap_or_else(|| "-".into()),
+                                e.message.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+                out
+            })
+        }
+        DeadLettersCommand::Show {
+            partition, offset, ..
+        } => {
+            let entry = entries
+                .iter()
+                .find(|e| e.partition == partition && e.offset == offset)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "offset: no dead letter of {name} for partition {partition} offset {offset}"
+                    )
+                })?;
+            print(json, entry.json(true), || {
+                format!(
+                    "partition {} offset {}: {} at {} ({})\n{}\n{}\n",
+                    entry.partition,
+                    entry.offset,
+                    entry.reason,
+                    entry.stage,
+                    entry.at.as_deref().unwrap_or("-"),
+                    entry.message,
+                    String::from_utf8_lossy(&entry.payload)
+                )
+            })
+        }
+    }
 }
 
 enum Verb {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod dead_letters;
 mod demo;
 mod dev;
 mod entry;
