@@ -655,6 +655,7 @@ pub enum DeadLettersCommand {
         /// 2026-12-08T03:00:00.000Z).
         #[arg(long)]
         since: Option<String>,
+        /// Show the first this many of those that match.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -662,8 +663,10 @@ pub enum DeadLettersCommand {
     Show {
         /// The pipeline's name.
         name: String,
+        /// The input's partition.
         #[arg(long)]
         partition: u64,
+        /// The input's offset in its partition.
         #[arg(long)]
         offset: u64,
     },
