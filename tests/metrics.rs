@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use common::{mirador, whole_lines};
 use mirador_cluster_tests::cluster::Region;
+use mirador_cluster_tests::http_get;
 use mirador_cluster_tests::services::{free_port, BigtableEmulator};
 use mirador_cluster_tests::spec::{SpecYaml, DEFAULTS_ON_MISS};
 
@@ -23,28 +23,13 @@ struct Sample {
     value: f64,
 }
 
-/// The body of `GET /metrics` at `address`, or why not.
+/// The body of `GET /metrics` at `address`, in Prometheus's text format, or why not.
 fn scrape(address: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP response: {response}"))?;
-    if !head.starts_with("HTTP/1.1 200") || !head.contains("text/plain; version=0.0.4") {
-        return Err(format!("unexpected response: {head}"));
+    let (head, body) = http_get(address, "/metrics")?;
+    if !head.contains("text/plain; version=0.0.4") {
+        return Err(format!("not Prometheus's text format: {head}"));
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 /// The samples of a page in Prometheus's text format (label values here hold no `,` or
@@ -88,14 +73,13 @@ fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// promtool from `make test`'s setup (MIRADOR_PROMTOOL), or on the PATH.
-fn promtool() -> String {
-    std::env::var("MIRADOR_PROMTOOL").unwrap_or_else(|_| "promtool".to_string())
-}
-
-fn promtool_accepts(page: &str, what: &str) {
-    let mut child = std::process::Command::new(promtool())
-        .args(["check", "metrics"])
+/// promtool from `make test`'s setup (MIRADOR_PROMTOOL), or on the PATH, run in the
+/// repository with `args` (and `stdin` fed to it): fails, saying why, unless it accepts.
+fn promtool(args: &[&str], stdin: Option<&str>, what: &str) {
+    let binary = std::env::var("MIRADOR_PROMTOOL").unwrap_or_else(|_| "promtool".to_string());
+    let mut child = std::process::Command::new(binary)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -106,16 +90,16 @@ fn promtool_accepts(page: &str, what: &str) {
                  into the cache, or set MIRADOR_PROMTOOL"
             )
         });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
         .unwrap();
+    drop(input);
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "promtool check metrics refused the {what}'s page: {}{}",
+        "promtool {} refused {what}: {}{}",
+        args.join(" "),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -231,7 +215,7 @@ fn the_scraped_counters_agree_with_the_sink_and_the_dead_letter_and_promtool_acc
         sum(&s, "mirador_inference_rows_total", &[]) >= written,
         "every scored record went through the model"
     );
-    promtool_accepts(&page, "executor");
+    promtool(&["check", "metrics"], Some(&page), "the executor's page");
 
     let page = scrape(&coordinator_metrics).unwrap();
     let c = samples(&page);
@@ -244,7 +228,7 @@ fn the_scraped_counters_agree_with_the_sink_and_the_dead_letter_and_promtool_acc
         sum(&c, "mirador_executor_lease_live", &[("executor", "e1")]),
         1.0
     );
-    promtool_accepts(&page, "coordinator");
+    promtool(&["check", "metrics"], Some(&page), "the coordinator's page");
 }
 
 #[test]
@@ -272,28 +256,13 @@ fn a_metrics_listener_that_cannot_bind_is_an_error_naming_the_setting() {
 #[test]
 fn the_deployments_prometheus_config_and_alert_rules_pass_promtool() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for args in [
-        vec![
-            "check",
-            "config",
-            "--syntax-only",
-            "deploy/prometheus/prometheus.yml",
-        ],
-        vec!["check", "rules", "deploy/prometheus/rules.yml"],
-    ] {
-        let output = std::process::Command::new(promtool())
-            .args(&args)
-            .current_dir(root)
-            .output()
-            .unwrap_or_else(|e| panic!("promtool is missing ({e}): `make test` unpacks it"));
-        assert!(
-            output.status.success(),
-            "promtool {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let config = "deploy/prometheus/prometheus.yml";
+    promtool(&["check", "config", "--syntax-only", config], None, config);
+    promtool(
+        &["check", "rules", "deploy/prometheus/rules.yml"],
+        None,
+        "the alert rules",
+    );
     // Every metric an alert names is one a node serves (docs/cluster.md lists them).
     let rules = std::fs::read_to_string(root.join("deploy/prometheus/rules.yml")).unwrap();
     assert_served(&rules, "rules.yml");
@@ -386,16 +355,11 @@ fn the_grafana_dashboard_follows_grafanas_model_and_queries_only_served_metrics(
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dashboard-rules.yml");
     std::fs::write(&file, rules).unwrap();
-    let output = std::process::Command::new(promtool())
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("promtool is missing ({e}): `make test` unpacks it"));
-    assert!(
-        output.status.success(),
-        "a dashboard query is not PromQL: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let file = file.to_str().unwrap();
+    promtool(
+        &["check", "rules", file],
+        None,
+        "the dashboard's queries as PromQL",
     );
 }
 

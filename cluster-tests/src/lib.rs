@@ -16,3 +16,36 @@ pub fn event_id(payload: &[u8]) -> String {
     let end = start + text[start..].find('"').expect("a closing quote");
     text[start..end].to_string()
 }
+
+/// An HTTP GET of `path` at `address` (`host:port`): the response's head and body, when
+/// it is 200; enough HTTP for the nodes' metrics and Prometheus's API.
+pub fn http_get(address: &str, path: &str) -> Result<(String, String), String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        // HTTP/1.0: the server closes the connection after a body sent whole, never
+        // chunked.
+        "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n"
+    )
+    .map_err(|e| format!("{address}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("{address}: {e}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok((head.to_string(), body.to_string()))
+        }
+        _ => Err(format!(
+            "{address}{path}: {}",
+            response.lines().next().unwrap_or("no HTTP response")
+        )),
+    }
+}

@@ -18,9 +18,10 @@ pub fn render(
     snapshots: &Snapshots,
     lease: std::time::Duration,
 ) -> String {
-    let mut families = raft_member(raft);
-    families.extend(region(raft, observations, lease));
-    if raft.is_leader() {
+    let leads = raft.is_leader();
+    let mut families = raft_member(raft, leads);
+    families.extend(region(raft, leads, observations, lease));
+    if leads {
         // The leader writes the snapshots; a former leader's last one only grows old.
         families.extend(snapshot(snapshots));
     }
@@ -33,9 +34,8 @@ fn gauge(name: &str, help: &str, value: f64) -> Family {
     family
 }
 
-fn raft_member(raft: &RaftNode) -> Vec<Family> {
+fn raft_member(raft: &RaftNode, leads: bool) -> Vec<Family> {
     let m = raft.metrics();
-    let leads = raft.is_leader();
     let mut families = vec![
         gauge(
             "mirador_raft_term",
@@ -83,15 +83,19 @@ fn raft_member(raft: &RaftNode) -> Vec<Family> {
     families
 }
 
-fn region(raft: &RaftNode, observations: &Observations, lease: std::time::Duration) -> Vec<Family> {
+fn region(
+    raft: &RaftNode,
+    leads: bool,
+    observations: &Observations,
+    lease: std::time::Duration,
+) -> Vec<Family> {
     let state = raft.state();
-    let assigned = state
-        .assignments
-        .values()
-        .filter(|a| a.owner.is_some())
-        .count();
-    let finished = state.assignments.values().filter(|a| a.finished).count();
-    let waiting = state.assignments.len() - assigned - finished;
+    let count = |of: fn(&crate::state::Assignment) -> bool| {
+        state.assignments.values().filter(|a| of(a)).count()
+    };
+    let assigned = count(|a| a.owner.is_some());
+    let finished = count(|a| a.finished);
+    let waiting = count(|a| a.owner.is_none() && !a.finished);
     let mut families = vec![
         gauge(
             "mirador_region_executors",
@@ -120,7 +124,7 @@ fn region(raft: &RaftNode, observations: &Observations, lease: std::time::Durati
         slots.add(&[("executor", &executor.id)], f64::from(executor.slots));
     }
     families.push(slots);
-    if !raft.is_leader() {
+    if !leads {
         // Leases, lags and pauses are the leader's observations.
         return families;
     }

@@ -194,8 +194,8 @@ impl PipelineRun {
         }
     }
 
-    /// One line of live progress.
-    pub fn progress_line(&self, rate: &mut Rate) -> String {
+    /// The events read so far, and one line of live progress.
+    pub fn progress_line(&self, rate: &mut Rate) -> (u64, String) {
         let snapshots = self.snapshots();
         let Counts {
             read: events_in,
@@ -219,32 +219,31 @@ impl PipelineRun {
             .map(|s| s.oldest_pending_ms)
             .max()
             .unwrap_or(0);
-        format!(
+        let line = format!(
             "[{:>6.1}s] in {events_in} ({rate:.0}/s)  scored {scored}  dead {dead}  | queues {} | oldest in flight {freshness} ms | rss {:.0} MB",
             self.started.elapsed().as_secs_f64(),
             queues.join(", "),
             rss_mb(),
-        )
+        );
+        (events_in, line)
     }
 
     /// Waits for every partition to end (a bounded source exhausted, or a stop), printing
     /// progress as asked, and reports.
     pub async fn wait(self, options: &RunOptions) -> RunReport {
-        let mut rate = options.progress.map(Rate::every);
-        let progress = options.progress.map(|_| {
-            crate::progress::Progress::start(
-                crate::progress::bounded_total(&self.resources.spec),
-                "events",
+        let mut reporting = options.progress.map(|every| {
+            let total = crate::progress::bounded_total(&self.resources.spec);
+            (
+                Rate::every(every),
+                crate::progress::Progress::start(total, "events"),
             )
         });
         watch(
             Duration::from_millis(10),
             async || {
-                if let (Some(rate), Some(progress)) =
-                    (rate.as_mut().filter(|rate| rate.due()), &progress)
-                {
-                    let read = Counts::of(&self.snapshots()).read;
-                    progress.show(read, || self.progress_line(rate));
+                if let Some((rate, progress)) = reporting.as_mut().filter(|(rate, _)| rate.due()) {
+                    let (read, line) = self.progress_line(rate);
+                    progress.show(read, || line);
                 }
                 self.is_finished()
             },
@@ -255,7 +254,7 @@ impl PipelineRun {
             },
         )
         .await;
-        if let Some(progress) = &progress {
+        if let Some((_, progress)) = &reporting {
             progress.finish();
         }
         let drained = self.is_finished();

@@ -45,33 +45,6 @@ fn run(command: &mut Command, what: &str) -> Result<String> {
     }
 }
 
-/// The body of an HTTP GET of `path` at `address`: enough HTTP for Prometheus's API.
-fn http_get(address: &str, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")
-        .map_err(|e| format!("{address}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("{address}: {e}"))?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
-        {
-            Ok(body.to_string())
-        }
-        _ => Err(format!(
-            "{address}{path}: {}",
-            response.lines().next().unwrap_or("")
-        )),
-    }
-}
-
 impl Deployment {
     /// `root`: the repository (docker-compose.yml, models/, examples/); `mirador`: the
     /// binary that runs `mirador admin` from this host; `tag`: the images' tag.
@@ -154,7 +127,7 @@ impl Deployment {
     /// (up, all) of the targets Prometheus scrapes, from its API.
     pub fn prometheus_targets(&self) -> Result<(usize, usize)> {
         let address = self.prometheus();
-        let body = http_get(&address, "/api/v1/targets?state=active")?;
+        let (_, body) = crate::http_get(&address, "/api/v1/targets?state=active")?;
         let answer: Value =
             serde_json::from_str(&body).map_err(|e| format!("prometheus's targets: {e}"))?;
         let targets = answer["data"]["activeTargets"]

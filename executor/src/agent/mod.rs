@@ -174,12 +174,7 @@ impl ExecutorAgent {
         running
             .values()
             .map(AssignedPartition::snapshot)
-            .chain(
-                finished
-                    .iter()
-                    .filter(|(key, _)| !running.contains_key(*key))
-                    .map(|(_, s)| s.clone()),
-            )
+            .chain(finished_elsewhere(&running, &finished).cloned())
             .collect()
     }
 
@@ -631,17 +626,14 @@ impl ExecutorAgent {
                 .values()
                 .map(AssignedPartition::metrics)
                 .chain(
-                    finished
-                        .iter()
-                        .filter(|(key, _)| !running.contains_key(*key))
-                        .map(|(_, snapshot)| PartitionMetrics {
-                            checkpoint: snapshot.committed.map(|p| p.offset),
-                            committed: snapshot.committed.map(|p| p.offset),
-                            snapshot: snapshot.clone(),
-                            running: false,
-                            lag: Some(0),
-                            slo: None,
-                        }),
+                    finished_elsewhere(&running, &finished).map(|snapshot| PartitionMetrics {
+                        checkpoint: snapshot.committed.map(|p| p.offset),
+                        committed: snapshot.committed.map(|p| p.offset),
+                        snapshot: snapshot.clone(),
+                        running: false,
+                        lag: Some(0),
+                        slo: None,
+                    }),
                 )
                 .collect()
         };
@@ -709,6 +701,17 @@ impl ExecutorAgent {
                 .collect(),
         }
     }
+}
+
+/// The last snapshots of the partitions that ran to their end here and run here no more.
+fn finished_elsewhere<'a>(
+    running: &'a BTreeMap<Key, AssignedPartition>,
+    finished: &'a BTreeMap<Key, mirador_actors::PipelineSnapshot>,
+) -> impl Iterator<Item = &'a mirador_actors::PipelineSnapshot> {
+    finished
+        .iter()
+        .filter(|(key, _)| !running.contains_key(*key))
+        .map(|(_, snapshot)| snapshot)
 }
 
 /// How long a change of rate takes to show mostly (63 %) in the smoothed rate.
